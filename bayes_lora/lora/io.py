@@ -1,0 +1,132 @@
+"""Safe files: adapters and tensors as safetensors + JSON, written atomically. No pickle."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from .params import ParamLayout
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to a temp file in the same folder, fsync, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_bytes(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default).encode())
+
+
+def _json_default(o):
+    if isinstance(o, Tensor):
+        return o.tolist()
+    if hasattr(o, "item"):
+        return o.item()
+    if isinstance(o, (set, tuple)):
+        return list(o)
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON-serialisable: {type(o).__name__}")
+
+
+def save_tensors(path: str | os.PathLike, tensors: Mapping[str, Tensor], metadata: Mapping | None = None) -> None:
+    """Save tensors as safetensors atomically; ``metadata`` goes to ``<path>.json``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    if metadata is not None:
+        atomic_write_json(json_path(path), dict(metadata))
+
+
+def json_path(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    return path.with_suffix(".json")
+
+
+def load_tensors(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict]:
+    """Load tensors saved by :func:`save_tensors` and their JSON metadata ({} if none)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no such file: {path}")
+    tensors = load_file(str(path))
+    meta_file = json_path(path)
+    meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
+    return tensors, meta
+
+
+def save_adapter(path: str | os.PathLike, theta: Tensor, layout: ParamLayout, metadata: Mapping) -> None:
+    """An adapter θ as safetensors (one tensor per LoRA parameter) + JSON (base model, modules, rank…)."""
+    meta = dict(metadata)
+    meta["layout"] = layout.to_json()
+    save_tensors(path, layout.unflatten(theta.detach()), meta)
+
+
+def load_adapter(
+    path: str | os.PathLike, layout: ParamLayout | None = None, expect: Mapping | None = None
+) -> tuple[Tensor, dict]:
+    """Load an adapter; check it against the run's ``layout`` and ``expect``ed metadata.
+
+    Raises a ValueError naming the mismatch (other base model, target modules, rank) rather than
+    loading an adapter that means something else.
+    """
+    tensors, meta = load_tensors(path)
+    saved = ParamLayout.from_json(meta["layout"]) if "layout" in meta else None
+    for key, want in (expect or {}).items():
+        have = meta.get(key)
+        if have is not None and have != want:
+            raise ValueError(f"adapter {path}: {key} is {have!r}, the run uses {want!r}")
+    if layout is not None:
+        if saved is not None:
+            layout.check_same(saved, what=f"adapter {path}")
+        return layout.flatten(tensors), meta
+    if saved is None:
+        raise ValueError(f"adapter {path} has no layout in its JSON; pass the model's layout")
+    return saved.flatten(tensors), meta
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """SHA-256 of a file (stage manifests record it to detect half-written or changed files)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_theta_stack(path: str | os.PathLike, thetas: Tensor, metadata: Mapping | None = None) -> None:
+    """Several θ (or latents) [S, D] in one safetensors file."""
+    save_tensors(path, {"thetas": thetas}, metadata)
+
+
+def load_theta_stack(path: str | os.PathLike) -> tuple[Tensor, dict]:
+    tensors, meta = load_tensors(path)
+    return tensors["thetas"], meta
+
+
+torch_load_kwargs = {"weights_only": True}  # any torch.load in the package must use these

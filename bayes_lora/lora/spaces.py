@@ -1,0 +1,282 @@
+"""Parameter spaces: maps from a few latent coordinates w ∈ R^d to the LoRA vector θ ∈ R^D.
+
+* :class:`FullSpace` — θ itself (d = D).
+* :class:`ProjectedSpace` — LoRA-XS (Bałazy et al. 2024; B-LoRA-XS, Marszałek et al. 2025): per
+  adapted weight W ≈ U_r Σ_r V_rᵀ (truncated SVD, frozen) the update is ΔW = U_r Σ_r R V_rᵀ with
+  only the r×r core R free. It maps linearly onto peft's factors — B = U_r Σ_r, A = R V_rᵀ / s
+  with s peft's scaling α/r — so an ordinary peft LoRA layer evaluates it.
+* :class:`AffineSpace` — θ = g(θ̂ + P z) for a basis P (Izmailov et al. 2019): a seeded random
+  orthonormal basis (a buffer rebuilt from its seed), a PCA basis of snapshots, or any matrix;
+  g is an inner space (identity by default).
+
+Every space is an ``nn.Module`` whose frozen parts are buffers; ``to_theta`` accepts latents
+with any leading batch dimensions and is differentiable.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from .params import ParamLayout, is_lora_factor
+
+
+class ParameterSpace(nn.Module):
+    """Base class: ``dim`` latent coordinates mapped to θ of ``layout`` by :meth:`to_theta`."""
+
+    layout: ParamLayout
+    dim: int
+    kind: str = "space"
+
+    def to_theta(self, w: Tensor) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, w: Tensor) -> Tensor:
+        return self.to_theta(w)
+
+    def initial(self) -> Tensor:
+        """A sensible starting latent (the current adapter, zeros for a core, ...)."""
+        return torch.zeros(self.dim)
+
+    def _check(self, w: Tensor) -> None:
+        if w.shape[-1] != self.dim:
+            raise ValueError(f"{type(self).__name__} has {self.dim} coordinates, got {w.shape[-1]}")
+
+
+class FullSpace(ParameterSpace):
+    """θ itself: the latent is the whole LoRA vector."""
+
+    kind = "full"
+
+    def __init__(self, layout: ParamLayout, init: Tensor | None = None):
+        super().__init__()
+        self.layout = layout
+        self.dim = layout.dim
+        self.register_buffer("init", torch.zeros(self.dim) if init is None else init.detach().clone())
+
+    def to_theta(self, w: Tensor) -> Tensor:
+        self._check(w)
+        return w
+
+    def initial(self) -> Tensor:
+        return self.init.clone()
+
+
+def _lora_modules(layout: ParamLayout) -> list[tuple[str, str, str]]:
+    """(module path, A name, B name) for every LoRA module of the layout, in layout order."""
+    out = []
+    for name in layout.names:
+        if ".lora_A." in name:
+            path, rest = name.split(".lora_A.")
+            b_name = f"{path}.lora_B.{rest}"
+            if b_name not in layout.names:
+                raise ValueError(f"LoRA factor {name!r} has no matching B factor")
+            out.append((path, name, b_name))
+    return out
+
+
+class ProjectedSpace(ParameterSpace):
+    """LoRA-XS: a trainable r×r core per adapted weight between frozen truncated-SVD factors.
+
+    Parameters
+    ----------
+    model: the peft LoRA model (its frozen base weights are decomposed once).
+    layout: θ's layout (default: the model's trainable parameters).
+    include_other: keep trainable tensors that are not LoRA factors (e.g. a classification
+        head) as free latent coordinates after the cores (True), or fix them at ``other_init``.
+    adapter_name: the peft adapter whose scaling is used.
+
+    The latent is ``[vec(R_1), …, vec(R_M), head…]``; ``dim = M·r² (+ head numbers)``.
+    """
+
+    kind = "projected"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layout: ParamLayout | None = None,
+        *,
+        include_other: bool = True,
+        adapter_name: str = "default",
+    ):
+        super().__init__()
+        layout = layout or ParamLayout.from_model(model)
+        self.layout = layout
+        self.include_other = include_other
+        params = dict(model.named_parameters())
+        self.modules_ = _lora_modules(layout)
+        if not self.modules_:
+            raise ValueError("ProjectedSpace needs a model with LoRA factors (lora_A / lora_B)")
+        self._pieces: dict[str, Callable[[Tensor, tuple], Tensor]] = {}
+        offset = 0
+        self.ranks: list[int] = []
+        self.scalings: list[float] = []
+        for i, (path, a_name, b_name) in enumerate(self.modules_):
+            layer = model.get_submodule(path)
+            base = layer.get_base_layer() if hasattr(layer, "get_base_layer") else layer.base_layer
+            weight = base.weight.detach().float()
+            if getattr(layer, "fan_in_fan_out", False):
+                weight = weight.T
+            r = params[a_name].shape[0]
+            if r > min(weight.shape):
+                raise ValueError(f"LoRA rank {r} exceeds the size of {path}'s weight {tuple(weight.shape)}")
+            u, s, vh = torch.linalg.svd(weight, full_matrices=False)
+            scaling = float(layer.scaling[adapter_name]) if hasattr(layer, "scaling") else 1.0
+            self.register_buffer(f"us_{i}", (u[:, :r] * s[:r]).contiguous())  # B = U_r Σ_r
+            self.register_buffer(f"vt_{i}", (vh[:r] / scaling).contiguous())  # A = R V_rᵀ / s
+            self.ranks.append(r)
+            self.scalings.append(scaling)
+            self._pieces[a_name] = self._a_piece(i, offset, r)
+            self._pieces[b_name] = self._b_piece(i)
+            offset += r * r
+        self.core_dim = offset
+        other = [n for n in layout.names if not is_lora_factor(n)]
+        self.other_names = tuple(other)
+        for n, shape in zip(layout.names, layout.shapes):
+            if n in other:
+                k = int(torch.Size(shape).numel())
+                if include_other:
+                    self._pieces[n] = self._slice_piece(offset, k)
+                    offset += k
+                else:
+                    buf = f"other_{len(self._buffers)}"
+                    self.register_buffer(buf, params[n].detach().reshape(-1).clone())
+                    self._pieces[n] = self._const_piece(buf)
+        self.dim = offset
+        self.register_buffer("init", torch.zeros(self.dim))
+        if include_other:
+            with torch.no_grad():
+                for n in other:
+                    lo, k = self._other_slice(n)
+                    self.init[lo : lo + k] = params[n].detach().reshape(-1)
+
+    def _other_slice(self, name: str) -> tuple[int, int]:
+        lo = self.core_dim
+        for n, shape in zip(self.layout.names, self.layout.shapes):
+            k = int(torch.Size(shape).numel())
+            if n == name:
+                return lo, k
+            if n in self.other_names:
+                lo += k
+        raise KeyError(name)
+
+    def _a_piece(self, i: int, offset: int, r: int):
+        def piece(w: Tensor, batch: tuple) -> Tensor:
+            core = w[..., offset : offset + r * r].reshape(*batch, r, r)
+            return (core @ getattr(self, f"vt_{i}")).reshape(*batch, -1)
+
+        return piece
+
+    def _b_piece(self, i: int):
+        def piece(w: Tensor, batch: tuple) -> Tensor:
+            b = getattr(self, f"us_{i}").reshape(-1).to(w.dtype)
+            return b.expand(*batch, b.numel())
+
+        return piece
+
+    @staticmethod
+    def _slice_piece(offset: int, k: int):
+        return lambda w, batch: w[..., offset : offset + k]
+
+    def _const_piece(self, buf: str):
+        def piece(w: Tensor, batch: tuple) -> Tensor:
+            c = getattr(self, buf).to(w.dtype)
+            return c.expand(*batch, c.numel())
+
+        return piece
+
+    def to_theta(self, w: Tensor) -> Tensor:
+        self._check(w)
+        batch = tuple(w.shape[:-1])
+        return torch.cat([self._pieces[n](w, batch) for n in self.layout.names], dim=-1)
+
+    def initial(self) -> Tensor:
+        return self.init.clone()
+
+    def cores(self, w: Tensor) -> list[Tensor]:
+        """The r×r cores R_m held in latent ``w`` (a list, one per adapted module)."""
+        out, lo = [], 0
+        for r in self.ranks:
+            out.append(w[..., lo : lo + r * r].reshape(*w.shape[:-1], r, r))
+            lo += r * r
+        return out
+
+    def delta_weight(self, w: Tensor, m: int) -> Tensor:
+        """ΔW_m = U_r Σ_r R_m V_rᵀ of module m (without peft's scaling, which the A factor undoes)."""
+        vt = getattr(self, f"vt_{m}") * self.scalings[m]
+        return getattr(self, f"us_{m}") @ self.cores(w)[m] @ vt
+
+
+def random_basis(dim: int, d: int, seed: int) -> Tensor:
+    """A seeded random orthonormal basis P [dim, d] (QR of a Gaussian matrix)."""
+    g = torch.Generator().manual_seed(int(seed))
+    q, _ = torch.linalg.qr(torch.randn(dim, d, generator=g))
+    return q
+
+
+def pca_basis(snapshots: Tensor, d: int) -> Tensor:
+    """The top-``d`` principal directions [dim, d] of snapshots [K, dim] (centred)."""
+    if snapshots.shape[0] < 2:
+        raise ValueError("a PCA basis needs at least two snapshots")
+    centred = snapshots - snapshots.mean(0)
+    _, _, vh = torch.linalg.svd(centred, full_matrices=False)
+    if d > vh.shape[0]:
+        raise ValueError(f"a PCA basis of {snapshots.shape[0]} snapshots has at most {vh.shape[0]} directions, asked {d}")
+    return vh[:d].T.contiguous()
+
+
+def orthonormal_span(vectors: Tensor, d: int | None = None) -> Tensor:
+    """An orthonormal basis [dim, d] of the span of ``vectors`` [K, dim] (e.g. control-point differences)."""
+    q, r = torch.linalg.qr(vectors.T)
+    keep = r.diagonal().abs() > 1e-8 * r.diagonal().abs().max().clamp_min(1e-30)
+    q = q[:, keep]
+    return q[:, :d] if d is not None else q
+
+
+class AffineSpace(ParameterSpace):
+    """θ = g(origin + P z): a d-dimensional affine subspace of an inner space's latent.
+
+    Parameters
+    ----------
+    origin: the point θ̂ [n] in the inner space's coordinates.
+    basis: P [n, d]; or ``None`` with ``seed`` and ``d`` to rebuild a random orthonormal basis.
+    inner: the space whose latent the subspace lives in (default: the identity on ``layout``).
+    """
+
+    kind = "affine"
+
+    def __init__(
+        self,
+        origin: Tensor,
+        basis: Tensor | None = None,
+        *,
+        layout: ParamLayout | None = None,
+        inner: ParameterSpace | None = None,
+        d: int | None = None,
+        seed: int | None = None,
+    ):
+        super().__init__()
+        if inner is None and layout is None:
+            raise ValueError("AffineSpace needs a layout or an inner space")
+        self.inner = inner
+        self.layout = inner.layout if inner is not None else layout
+        n = origin.shape[-1]
+        if basis is None:
+            if d is None or seed is None:
+                raise ValueError("AffineSpace without a basis needs d and seed (a seeded random basis)")
+            basis = random_basis(n, d, seed)
+            persistent = False  # rebuilt from the seed, not saved
+        else:
+            persistent = True
+        if basis.shape[0] != n:
+            raise ValueError(f"basis has {basis.shape[0]} rows, the origin has {n} coordinates")
+        self.seed = seed
+        self.register_buffer("origin", origin.detach().clone())
+        self.register_buffer("basis", basis.detach().clone(), persistent=persistent)
+        self.dim = basis.shape[1]
+
+    def to_theta(self, w: Tensor) -> Tensor:
+        self._check(w)
+        x = self.origin + w @ self.basis.T
+        return self.inner.to_theta(x) if self.inner is not None else x

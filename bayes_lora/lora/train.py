@@ -1,0 +1,193 @@
+"""Fine-tuning in a parameter space: MAP optima (the anchors of curves, members of ensembles).
+
+Training is functional: a latent vector w is optimised with AdamW and evaluated through
+``space.to_theta(w)`` and :class:`~bayes_lora.lora.params.FunctionalModel`, so the same loop
+trains full LoRA tensors, LoRA-XS cores or any other space.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..types import EncodedTask
+from .params import FunctionalModel, ParamLayout, is_lora_factor
+from .spaces import ParameterSpace
+
+
+class NumericalError(RuntimeError):
+    """A NaN or Inf appeared during optimisation; ``last_good`` holds the last finite latent."""
+
+    def __init__(self, message: str, last_good: Tensor | None = None, step: int = -1):
+        super().__init__(message)
+        self.last_good = last_good
+        self.step = step
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Options of a fine-tuning run.
+
+    Attributes
+    ----------
+    epochs: passes over the training set.
+    batch_size: examples per step.
+    lr: AdamW learning rate.
+    weight_decay: AdamW decoupled weight decay on every latent coordinate.
+    seed: seeds the initialisation and the batch order.
+    max_steps: stop after this many steps (None: run all epochs).
+    grad_clip: clip the gradient norm of the latent (None: no clipping).
+    """
+
+    epochs: float = 2.0
+    batch_size: int = 16
+    lr: float = 5e-4
+    weight_decay: float = 0.0
+    seed: int = 0
+    max_steps: int | None = None
+    grad_clip: float | None = 1.0
+
+    def __post_init__(self):
+        if self.epochs <= 0:
+            raise ValueError(f"epochs must be > 0, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be ≥ 1, got {self.batch_size}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """The optimised latent, the loss of every step, the snapshots taken and the time spent."""
+
+    latent: Tensor
+    losses: tuple[float, ...]
+    seconds: float
+    snapshots: tuple[Tensor, ...] = field(default=())
+
+
+def init_theta(layout: ParamLayout, seed: int, template: Tensor | None = None) -> Tensor:
+    """A fresh LoRA initialisation θ₀ drawn with ``seed`` (Hu et al. 2021's scheme).
+
+    A factors ~ U(−1/√d_in, 1/√d_in) (peft's kaiming-uniform default), B factors = 0, and other
+    trainable tensors (a head) ~ N(0, 0.02²) for weights and 0 for biases — different seeds give
+    independent optima, related to each other by LoRA's factorisation symmetry.
+    """
+    g = torch.Generator().manual_seed(int(seed))
+    parts = []
+    for name, shape in zip(layout.names, layout.shapes):
+        if ".lora_A." in name:
+            bound = 1.0 / math.sqrt(shape[-1])
+            parts.append((torch.rand(shape, generator=g) * 2 - 1) * bound)
+        elif ".lora_B." in name or name.endswith("bias"):
+            parts.append(torch.zeros(shape))
+        else:
+            parts.append(torch.randn(shape, generator=g) * 0.02)
+    return layout.flatten({n: p for n, p in zip(layout.names, parts)})
+
+
+def task_loss(fm: FunctionalModel, task: EncodedTask, theta: Tensor, batch) -> Tensor:
+    """Mean negative log-likelihood of a batch at θ."""
+    logits = task.class_logits(fm.forward_at(theta), batch)
+    return F.cross_entropy(logits, batch["labels"])
+
+
+def train_latent(
+    fm: FunctionalModel,
+    space: ParameterSpace,
+    task: EncodedTask,
+    init: Tensor,
+    config: TrainConfig = TrainConfig(),
+    *,
+    loss_fn: Callable[[Tensor, dict, int], Tensor] | None = None,
+    snapshot_every: int = 0,
+    progress: bool = False,
+    stage: str = "train",
+) -> TrainResult:
+    """Minimise the task's NLL over the latent of ``space`` with AdamW.
+
+    ``loss_fn(w, batch, step)`` replaces the default loss (mean NLL at ``space.to_theta(w)``).
+    Every ``snapshot_every`` steps a copy of w is kept (for SWAG / PCA bases).
+    A NaN or Inf loss raises :class:`NumericalError` naming the stage and step, carrying the
+    last finite latent.
+    """
+    from tqdm.auto import tqdm
+
+    g = torch.Generator().manual_seed(int(config.seed))
+    w = torch.nn.Parameter(init.detach().clone().float())
+    opt = torch.optim.AdamW([w], lr=config.lr, weight_decay=config.weight_decay)
+    steps_per_epoch = math.ceil(len(task) / config.batch_size)
+    total = math.ceil(config.epochs * steps_per_epoch)
+    if config.max_steps is not None:
+        total = min(total, config.max_steps)
+    if loss_fn is None:
+        def loss_fn(w_, batch, step):  # noqa: E306
+            return task_loss(fm, task, space.to_theta(w_), batch)
+
+    losses, snaps = [], []
+    start, step = time.perf_counter(), 0
+    bar = tqdm(total=total, desc=stage, disable=not progress, leave=False)
+    while step < total:
+        for batch in task.batches(config.batch_size, shuffle=True, generator=g):
+            if step >= total:
+                break
+            loss = loss_fn(w, batch, step)
+            if not torch.isfinite(loss):
+                bar.close()
+                raise NumericalError(
+                    f"{stage}: the loss became {loss.item()} at step {step}; kept the last finite "
+                    "parameters (lower the learning rate or check the data)",
+                    last_good=w.detach().clone(),
+                    step=step,
+                )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_([w], config.grad_clip)
+            opt.step()
+            losses.append(float(loss))
+            step += 1
+            if snapshot_every and step % snapshot_every == 0:
+                snaps.append(w.detach().clone())
+            bar.update(1)
+            if progress:
+                bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    bar.close()
+    return TrainResult(w.detach().clone(), tuple(losses), time.perf_counter() - start, tuple(snaps))
+
+
+@torch.no_grad()
+def evaluate_logits(fm: FunctionalModel, task: EncodedTask, theta: Tensor, batch_size: int = 64) -> Tensor:
+    """Class logits [N, C] of every example of ``task`` at θ, in dataset order."""
+    out = [task.class_logits(fm.forward_at(theta), b) for b in task.batches(batch_size)]
+    return torch.cat(out)
+
+
+def fine_tune(
+    fm: FunctionalModel,
+    space: ParameterSpace,
+    task: EncodedTask,
+    config: TrainConfig = TrainConfig(),
+    *,
+    init: Tensor | None = None,
+    progress: bool = False,
+) -> TrainResult:
+    """One MAP optimum: fresh seeded init (full space) or the space's initial latent, then AdamW."""
+    if init is None:
+        if space.kind == "full":
+            init = init_theta(space.layout, config.seed)
+        else:
+            init = space.initial()
+            g = torch.Generator().manual_seed(int(config.seed))
+            init = init + 1e-3 * torch.randn(init.shape, generator=g) * (init == 0)
+    return train_latent(fm, space, task, init, config, progress=progress, stage=f"fine-tune seed {config.seed}")
+
+
+def head_names(layout: ParamLayout) -> tuple[str, ...]:
+    """Trainable tensors that are not LoRA factors (e.g. the classification head)."""
+    return tuple(n for n in layout.names if not is_lora_factor(n))

@@ -1,0 +1,83 @@
+"""Protocols and small frozen result types shared by every part of bayes_lora.
+
+Nothing here imports torch-heavy optional libraries; every subpackage may import this module.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Mapping, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+#: A batch as produced by :meth:`EncodedTask.batches`: ``{"inputs": {...model kwargs...},
+#: "labels": LongTensor[B]}`` plus task-specific extras (e.g. ``"choice_mask"``).
+Batch = dict[str, Any]
+
+#: ``forward(**model_inputs) -> raw model logits`` (e.g. [B, C] for a sequence classifier,
+#: [B*C, L, V] for a causal LM scoring C choices).
+ForwardFn = Callable[..., Tensor]
+
+
+@runtime_checkable
+class EncodedTask(Protocol):
+    """A tokenised dataset that can be batched and turned into class logits.
+
+    Attributes
+    ----------
+    name: short task name ("sst2", "openbookqa", ...).
+    num_classes: number of classes C (choices, for multiple choice).
+    labels: LongTensor[N] of the true class of every example.
+    """
+
+    name: str
+    num_classes: int
+    labels: Tensor
+
+    def __len__(self) -> int: ...
+
+    def batches(
+        self, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None
+    ) -> Iterator[Batch]:
+        """Yield batches in order (or shuffled by ``generator``); the last one may be smaller."""
+
+    def class_logits(self, forward: ForwardFn, batch: Batch) -> Tensor:
+        """Run ``forward(**batch["inputs"])`` and return class logits of shape [B, C]."""
+
+    def subset(self, index: Tensor) -> "EncodedTask":
+        """The examples at ``index`` (a LongTensor), as a task of the same kind."""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Per-sample predictive probabilities of a posterior on one dataset.
+
+    Attributes
+    ----------
+    probs: Tensor[S, N, C], probabilities of every posterior sample s for every example.
+    labels: LongTensor[N] or None, the true labels when known.
+    """
+
+    probs: Tensor
+    labels: Tensor | None = None
+
+    @property
+    def mean(self) -> Tensor:
+        """Bayesian model average p̄ = mean_s p_s, shape [N, C]."""
+        return self.probs.mean(0)
+
+    def log_likelihood(self) -> Tensor:
+        """Per-observation log-likelihood log p(y_i | x_i, θ_s), shape [S, N]."""
+        if self.labels is None:
+            raise ValueError("log_likelihood needs labels; this Prediction has none")
+        idx = self.labels.view(1, -1, 1).expand(self.probs.shape[0], -1, 1)
+        return self.probs.clamp_min(1e-12).log().gather(-1, idx).squeeze(-1)
+
+
+@dataclass(frozen=True)
+class FitInfo:
+    """What a fit reports besides the posterior: losses, timings, sampler statistics."""
+
+    seconds: float = 0.0
+    losses: tuple[float, ...] = ()
+    stats: Mapping[str, Any] = field(default_factory=dict)

@@ -1,0 +1,135 @@
+"""θ layout, functional evaluation, projected / affine spaces on a real (tiny) peft model."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bayes_lora.lora import (
+    AffineSpace,
+    FullSpace,
+    FunctionalModel,
+    ParamLayout,
+    ProjectedSpace,
+    pca_basis,
+    random_basis,
+)
+from bayes_lora.lora.train import init_theta
+
+
+def _inputs(tok):
+    return dict(tok(["good movie", "the bad plot was very dull", "yes"], padding=True, return_tensors="pt"))
+
+
+def test_layout_selects_lora_and_head(tiny_peft):
+    model, _ = tiny_peft
+    layout = ParamLayout.from_model(model)
+    assert any(".lora_A." in n for n in layout.names)
+    assert any("classifier" in n for n in layout.names)
+    # 2 layers x 2 modules x (4x32 + 32x4) + head 2x32 + 2
+    assert layout.dim == 2 * 2 * 256 + 66
+
+
+def test_flatten_unflatten_roundtrip(tiny_peft):
+    model, _ = tiny_peft
+    layout = ParamLayout.from_model(model)
+    theta = torch.randn(layout.dim)
+    assert torch.equal(layout.flatten(layout.unflatten(theta)), theta)
+    batch = torch.randn(3, 5, layout.dim)
+    assert torch.equal(layout.flatten(layout.unflatten(batch)), batch)
+    with pytest.raises(ValueError, match="length"):
+        layout.unflatten(torch.randn(layout.dim + 1))
+
+
+def test_functional_equals_peft_forward_after_loading(tiny_peft):
+    model, tok = tiny_peft
+    layout = ParamLayout.from_model(model)
+    fm = FunctionalModel(model, layout)
+    x = _inputs(tok)
+    theta = init_theta(layout, seed=3) + 0.05 * torch.randn(layout.dim)
+    before = layout.read(model)
+    out = fm(theta, **x)
+    assert torch.equal(layout.read(model), before), "functional evaluation must not edit the model"
+    layout.write_(model, theta)
+    ref = model(**x).logits
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-6)
+
+
+def test_vmap_over_thetas_equals_loop(tiny_peft):
+    model, tok = tiny_peft
+    fm = FunctionalModel(model)
+    x = _inputs(tok)
+    thetas = torch.stack([init_theta(fm.layout, s) + 0.1 * torch.randn(fm.layout.dim) for s in range(4)])
+    loop = fm.many(thetas, **x)
+    vec = fm.many(thetas, vectorize=True, **x)
+    assert loop.shape == (4, 3, 2)
+    assert not torch.allclose(loop[0], loop[1])
+    torch.testing.assert_close(vec, loop, rtol=1e-5, atol=1e-5)
+
+
+def test_projected_zero_core_is_base_model(tiny_peft):
+    model, tok = tiny_peft
+    layout = ParamLayout.from_model(model)
+    space = ProjectedSpace(model, layout)
+    fm = FunctionalModel(model, layout)
+    x = _inputs(tok)
+    w = space.initial()
+    assert space.core_dim == 4 * 16 and space.dim == 64 + 66
+    with model.disable_adapter():
+        base = model(**x).logits
+    torch.testing.assert_close(fm(space.to_theta(w), **x), base, rtol=0, atol=1e-6)
+
+
+def test_projected_core_gives_svd_update(tiny_peft):
+    model, tok = tiny_peft
+    layout = ParamLayout.from_model(model)
+    space = ProjectedSpace(model, layout)
+    w = space.initial() + torch.randn(space.dim)
+    layout.write_(model, space.to_theta(w))
+    path = space.modules_[0][0]
+    layer = model.get_submodule(path)
+    W = layer.get_base_layer().weight.detach()
+    U, S, Vh = torch.linalg.svd(W, full_matrices=False)
+    R = space.cores(w)[0]
+    expected = U[:, :4] @ torch.diag(S[:4]) @ R @ Vh[:4]
+    got = layer.get_delta_weight("default")  # peft's own ΔW = scaling · B A
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(space.delta_weight(w, 0), expected, rtol=1e-4, atol=1e-5)
+    # batched latents map row by row
+    ws = torch.randn(3, space.dim)
+    torch.testing.assert_close(space.to_theta(ws)[1], space.to_theta(ws[1]))
+
+
+def test_affine_space_random_basis_is_seeded_and_orthonormal(tiny_peft):
+    model, _ = tiny_peft
+    layout = ParamLayout.from_model(model)
+    origin = torch.randn(layout.dim)
+    a = AffineSpace(origin, layout=layout, d=5, seed=7)
+    b = AffineSpace(origin, layout=layout, d=5, seed=7)
+    c = AffineSpace(origin, layout=layout, d=5, seed=8)
+    torch.testing.assert_close(a.basis, b.basis)
+    assert not torch.allclose(a.basis, c.basis)
+    torch.testing.assert_close(a.basis.T @ a.basis, torch.eye(5), atol=1e-5, rtol=0)
+    assert "basis" not in a.state_dict(), "a seeded basis is rebuilt from its seed, not saved"
+    z = torch.randn(5)
+    torch.testing.assert_close(a.to_theta(z), origin + a.basis @ z)
+    torch.testing.assert_close(a.to_theta(torch.zeros(5)), origin)
+
+
+def test_pca_basis_spans_snapshots():
+    torch.manual_seed(0)
+    dirs = torch.linalg.qr(torch.randn(50, 2))[0]
+    snaps = torch.randn(20, 2) @ dirs.T + 3.0
+    P = pca_basis(snaps, 2)
+    proj = P @ (P.T @ dirs)
+    torch.testing.assert_close(proj, dirs, atol=1e-4, rtol=0)
+
+
+def test_affine_over_projected_space(tiny_peft):
+    model, _ = tiny_peft
+    layout = ParamLayout.from_model(model)
+    inner = ProjectedSpace(model, layout)
+    P = random_basis(inner.dim, 3, seed=1)
+    aff = AffineSpace(inner.initial(), P, inner=inner)
+    z = torch.randn(3)
+    torch.testing.assert_close(aff.to_theta(z), inner.to_theta(inner.initial() + P @ z))
+    assert FullSpace(layout).to_theta(torch.ones(layout.dim)).sum() == layout.dim
