@@ -1,0 +1,33 @@
+# bayes_lora — two commands: `make demo` (the main job on the default model) and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+DATA   ?= $(firstword $(wildcard ../shared/data) $(BAYES_LORA_DATA_DIR))
+CONFIG ?= configs/default.toml
+OUT    ?= runs/default
+
+.PHONY: demo test test-fast lint bench clean-venv
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev,demo]'
+	@touch $@
+
+demo: $(VENV)/.installed
+	$(PY) -m bayes_lora run $(CONFIG) --out $(OUT) $(if $(DATA),--data-dir $(DATA),)
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q tests
+
+test-fast: $(VENV)/.installed
+	BAYES_LORA_FAST=1 $(PY) -m pytest -q -m "not slow" tests
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check bayes_lora tests benchmarks
+
+bench: $(VENV)/.installed
+	$(PY) benchmarks/run_all.py
+
+clean-venv:
+	rm -rf $(VENV)

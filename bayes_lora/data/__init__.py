@@ -1,0 +1,53 @@
+"""Data loading and tokenisation for Bayesian LoRA experiments.
+
+Load a benchmark (:func:`load_task_data`, :func:`load_sst2`, :func:`load_multiple_choice`, or
+the generic :func:`load_text_classification` / :func:`load_arc_jsonl`) into an immutable
+container, then :func:`encode` it with a tokenizer into an
+:class:`~bayes_lora.types.EncodedTask` (:class:`EncodedClassification` or
+:class:`EncodedMultipleChoice`) that yields batches and class logits.
+
+The benchmark files live outside the repository; :func:`resolve_data_dir` finds them.
+"""
+
+from bayes_lora.data.arc import load_arc_jsonl
+from bayes_lora.data.batching import batch_to
+from bayes_lora.data.choice import EncodedMultipleChoice, format_prompt
+from bayes_lora.data.containers import (
+    MultipleChoiceData,
+    TextClassificationData,
+    subsample_indices,
+)
+from bayes_lora.data.encode import EncodedClassification, encode
+from bayes_lora.data.loaders import (
+    MC_TASKS,
+    SPLITS,
+    TASKS,
+    load_multiple_choice,
+    load_sst2,
+    load_task_data,
+    load_text_classification,
+)
+from bayes_lora.data.paths import DATA_DIR_ENV, resolve_data_dir
+from bayes_lora.data.readers import ColumnNotFoundError
+
+__all__ = [
+    "DATA_DIR_ENV",
+    "MC_TASKS",
+    "SPLITS",
+    "TASKS",
+    "ColumnNotFoundError",
+    "EncodedClassification",
+    "EncodedMultipleChoice",
+    "MultipleChoiceData",
+    "TextClassificationData",
+    "batch_to",
+    "encode",
+    "format_prompt",
+    "load_arc_jsonl",
+    "load_multiple_choice",
+    "load_sst2",
+    "load_task_data",
+    "load_text_classification",
+    "resolve_data_dir",
+    "subsample_indices",
+]

@@ -1,0 +1,318 @@
+"""Loading the benchmark data sets into small, validated, immutable containers.
+
+Two kinds of task are supported:
+
+* text classification (:class:`TextClassificationData`), from TSV, CSV or JSON-lines files,
+  with :func:`load_sst2` for the SST-2 files in the shared data folder;
+* multiple-choice question answering (:class:`MultipleChoiceData`), from ARC-style JSON lines,
+  with :func:`load_multiple_choice` for ARC-Easy, ARC-Challenge and OpenBookQA.
+
+Every loader can subsample deterministically (``max_examples`` and ``seed``); the kept examples
+stay in file order. Use :func:`load_task_data` to load any known task by name.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bayes_lora.data.arc import load_arc_jsonl
+from bayes_lora.data.containers import (
+    MultipleChoiceData,
+    TextClassificationData,
+    check_range,
+    subsample_indices,
+)
+from bayes_lora.data.paths import resolve_data_dir
+from bayes_lora.data.readers import ColumnNotFoundError, read_table
+
+logger = logging.getLogger(__name__)
+
+#: Names of the multiple-choice tasks stored in the shared data folder.
+MC_TASKS: tuple[str, ...] = ("arc_easy", "arc_challenge", "openbookqa")
+#: Names of every task :func:`load_task_data` knows.
+TASKS: tuple[str, ...] = ("sst2",) + MC_TASKS
+#: Splits present for every task in the shared data folder.
+SPLITS: tuple[str, ...] = ("train", "dev", "test")
+
+__all__ = [
+    "MC_TASKS",
+    "SPLITS",
+    "TASKS",
+    "ColumnNotFoundError",
+    "MultipleChoiceData",
+    "TextClassificationData",
+    "load_arc_jsonl",
+    "load_multiple_choice",
+    "load_sst2",
+    "load_task_data",
+    "load_text_classification",
+    "subsample_indices",
+]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _parse_label(value: Any, row: int, source: str) -> int:
+    """Parse an integer class label from a file cell (int, integral float, or numeric string)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            return int(text)
+        except ValueError:
+            try:
+                as_float = float(text)
+            except ValueError:
+                as_float = float("nan")
+            if as_float.is_integer():
+                return int(as_float)
+    raise ValueError(f"label {value!r} at row {row} of {source} is not an integer")
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; known splits: {', '.join(SPLITS)}")
+
+
+def _build_text_data(
+    name: str,
+    texts: Sequence[Any],
+    raw_labels: Sequence[Any],
+    *,
+    source: str,
+    num_classes: int | None,
+    min_words: int,
+    max_examples: int | None,
+    seed: int,
+) -> TextClassificationData:
+    """Parse labels, filter by length, subsample, and build the container."""
+    if not texts:
+        raise ValueError(f"dataset {name} is empty: {source} has no rows")
+    for row, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"text {text!r} at row {row} of {source} is not a string")
+    labels = [_parse_label(v, row, source) for row, v in enumerate(raw_labels)]
+    if num_classes is None:
+        num_classes = max(2, max(labels) + 1)
+    check_range(labels, num_classes, "label", source)
+    keep = [i for i, text in enumerate(texts) if len(text.split()) >= min_words]
+    if not keep:
+        raise ValueError(
+            f"dataset {name} is empty after filtering: none of the {len(texts)} texts in "
+            f"{source} has at least min_words={min_words} words"
+        )
+    keep = [keep[i] for i in subsample_indices(len(keep), max_examples, seed)]
+    return TextClassificationData(
+        name=name,
+        texts=tuple(texts[i] for i in keep),
+        labels=tuple(labels[i] for i in keep),
+        num_classes=num_classes,
+    )
+
+
+# --------------------------------------------------------------------------- text classification
+
+
+def load_text_classification(
+    path: str | os.PathLike[str],
+    *,
+    text_column: str = "sentence",
+    label_column: str = "label",
+    name: str | None = None,
+    num_classes: int | None = None,
+    min_words: int = 0,
+    max_examples: int | None = None,
+    seed: int = 0,
+) -> TextClassificationData:
+    """Load a labelled text classification file.
+
+    Parameters
+    ----------
+    path : str or path-like
+        A ``.tsv`` (read with ``quoting=3``, i.e. no quote handling), ``.csv``, or
+        ``.jsonl``/``.json`` (JSON lines, or one JSON array of objects) file.
+    text_column, label_column : str
+        Names of the text and integer label columns (keys, for JSON).
+    name : str, optional
+        Task name; defaults to the file's stem.
+    num_classes : int, optional
+        Number of classes; defaults to ``max(label) + 1`` over the whole file (at least 2).
+    min_words : int
+        Keep only texts with at least this many whitespace-separated words.
+    max_examples : int, optional
+        Keep a seeded random subset of at most this many examples (in file order).
+    seed : int
+        Seed of the subset.
+
+    Returns
+    -------
+    TextClassificationData
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    ColumnNotFoundError
+        (a ``ValueError`` and ``KeyError``) if a column is missing; lists the available ones.
+    ValueError
+        For an unknown suffix, a non-integer or out-of-range label, or when nothing is left
+        after filtering.
+    """
+    path = Path(path)
+    table = read_table(path)
+    if not table:
+        raise ValueError(f"dataset {name or path.stem} is empty: {path} has no header and no rows")
+    for column in (text_column, label_column):
+        if column not in table:
+            raise ColumnNotFoundError(
+                f"column {column!r} not found in {path}; available columns: "
+                f"{', '.join(map(repr, table)) or '(none)'}"
+            )
+    return _build_text_data(
+        name or path.stem,
+        table[text_column],
+        table[label_column],
+        source=str(path),
+        num_classes=num_classes,
+        min_words=min_words,
+        max_examples=max_examples,
+        seed=seed,
+    )
+
+
+class _Default:
+    """Sentinel type for "use the split-dependent default"."""
+
+    def __repr__(self) -> str:
+        return "<default>"
+
+
+_DEFAULT = _Default()
+
+
+def load_sst2(
+    split: str = "train",
+    *,
+    data_dir: str | os.PathLike[str] | None = None,
+    min_words: int | _Default = _DEFAULT,
+    max_examples: int | None = None,
+    seed: int = 0,
+) -> TextClassificationData:
+    """Load a split of SST-2 (binary sentiment) from ``<data_dir>/sst2/<split>.tsv``.
+
+    Parameters
+    ----------
+    split : {"train", "dev", "test"}
+        ``train``/``dev`` re-divide the GLUE training set; ``test`` is the labelled GLUE dev set.
+    data_dir : str or path-like, optional
+        The shared data folder; see :func:`~bayes_lora.data.paths.resolve_data_dir`.
+    min_words : int, optional
+        Minimum number of words per text; defaults to 5 for ``train`` (which holds many short
+        phrases) and 0 otherwise.
+    max_examples : int, optional
+        Seeded subsample size.
+    seed : int
+        Seed of the subsample.
+
+    Returns
+    -------
+    TextClassificationData
+        Named ``"sst2"``, with 2 classes (0 = negative, 1 = positive).
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file is missing and the Hugging Face ``datasets`` fallback is unavailable
+        (not installed, ``HF_HUB_OFFLINE=1``, no hub equivalent of the split, or it failed).
+    """
+    _check_split(split)
+    if isinstance(min_words, _Default):
+        min_words = 5 if split == "train" else 0
+    options = {"num_classes": 2, "min_words": min_words, "max_examples": max_examples, "seed": seed}
+    try:
+        path: Path | None = resolve_data_dir(data_dir) / "sst2" / f"{split}.tsv"
+        reason = f"SST-2 file not found: {path}"
+    except FileNotFoundError as err:
+        path, reason = None, str(err)
+    if path is not None and path.is_file():
+        return load_text_classification(path, name="sst2", **options)
+    texts, labels, source = _sst2_from_hub(split, reason)
+    return _build_text_data("sst2", texts, labels, source=source, **options)
+
+
+def _sst2_from_hub(split: str, reason: str) -> tuple[list[str], list[Any], str]:
+    """Texts and labels of SST-2 from ``datasets.load_dataset("glue", "sst2")``.
+
+    ``train`` maps to GLUE train and ``test`` to GLUE validation (the same 872 sentences as the
+    local ``test.tsv``); the local ``dev`` split has no hub equivalent.
+    """
+    hint = "pass data_dir / --data-dir or set BAYES_LORA_DATA_DIR"
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise FileNotFoundError(f"{reason} ({hint}); hub fallback disabled by HF_HUB_OFFLINE=1")
+    try:
+        import datasets  # optional dependency: only needed for the fallback
+    except ImportError:
+        raise FileNotFoundError(
+            f"{reason} ({hint}); the hub fallback needs the `datasets` package"
+        ) from None
+    hub_split = {"train": "train", "test": "validation"}.get(split)
+    if hub_split is None:
+        raise FileNotFoundError(
+            f"{reason} ({hint}); split {split!r} is a local re-division of GLUE train and "
+            "has no hub equivalent"
+        )
+    try:
+        ds = datasets.load_dataset("glue", "sst2", split=hub_split)
+        texts, labels = [str(t) for t in ds["sentence"]], list(ds["label"])
+    except Exception as err:  # any hub / network / format failure becomes a clear FileNotFoundError
+        raise FileNotFoundError(
+            f"{reason} ({hint}); the fallback datasets.load_dataset('glue', 'sst2') failed: "
+            f"{type(err).__name__}: {err}"
+        ) from err
+    logger.info("SST-2 %s loaded from the hub (glue/sst2 %s)", split, hub_split)
+    return texts, labels, f"glue/sst2[{hub_split}]"
+
+
+def load_multiple_choice(
+    name: str,
+    split: str = "train",
+    *,
+    data_dir: str | os.PathLike[str] | None = None,
+    max_examples: int | None = None,
+    seed: int = 0,
+    num_choices: int = 4,
+) -> MultipleChoiceData:
+    """Load ``<data_dir>/<name>/<split>.jsonl`` for a task in :data:`MC_TASKS`.
+
+    See :func:`load_arc_jsonl` for the parameters; ``data_dir`` is resolved with
+    :func:`~bayes_lora.data.paths.resolve_data_dir`.
+    """
+    if name not in MC_TASKS:
+        raise ValueError(f"unknown multiple-choice task {name!r}; known: {', '.join(MC_TASKS)}")
+    _check_split(split)
+    path = resolve_data_dir(data_dir) / name / f"{split}.jsonl"
+    return load_arc_jsonl(
+        path, name=name, max_examples=max_examples, seed=seed, num_choices=num_choices
+    )
+
+
+def load_task_data(
+    name: str, split: str = "train", **kwargs: Any
+) -> TextClassificationData | MultipleChoiceData:
+    """Load a known task by name: ``"sst2"`` or one of :data:`MC_TASKS`.
+
+    Keyword arguments go to :func:`load_sst2` or :func:`load_multiple_choice`.
+    """
+    if name == "sst2":
+        return load_sst2(split, **kwargs)
+    if name in MC_TASKS:
+        return load_multiple_choice(name, split, **kwargs)
+    raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}")

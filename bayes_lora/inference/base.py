@@ -1,0 +1,196 @@
+"""The one inference layer: a :class:`Posterior` base every method implements, a fit context,
+and the batched evaluation every sampled method shares.
+
+Every method is fitted by a registered function ``fit(ctx, **options) -> Posterior`` (see
+:mod:`bayes_lora.inference.registry`), and every posterior can
+
+* draw samples of its latents / LoRA vectors (``sample_thetas``, ``latent_samples``),
+* give per-sample predictive probabilities [S, N, C] on a task (``predict``) and
+  per-observation log-likelihoods [S, N] (``Prediction.log_likelihood``),
+* report its own statistics (``info``), and
+* be saved to and loaded from safetensors + JSON with identical predictions (``save`` / ``load``).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, ClassVar, Mapping
+
+import torch
+from torch import Tensor
+
+from ..lora.io import atomic_write_json, load_tensors, save_tensors
+from ..lora.params import FunctionalModel
+from ..lora.spaces import ProjectedSpace
+from ..lora.train import TrainConfig, fine_tune
+from ..types import EncodedTask, FitInfo, Prediction
+
+
+class Method(str, Enum):
+    """The inference methods of bayes_lora."""
+
+    MAP = "map"
+    """One fine-tuned adapter (a point mass)."""
+    ENSEMBLE = "ensemble"
+    """Independently fine-tuned optima, equally weighted (Lakshminarayanan et al. 2017)."""
+    MC_DROPOUT = "mc_dropout"
+    """Dropout on the LoRA path kept on at prediction (BayesLoRA)."""
+    LAPLACE = "laplace"
+    """Laplace approximation through laplace-torch (Daxberger et al. 2021; Yang et al. 2024)."""
+    SWAG = "swag"
+    """SWA-Gaussian over projected cores (Maddox et al. 2019; B-LoRA-XS)."""
+    VI = "vi"
+    """Variational inference with Pyro SVI (mean-field / low-rank; BLoB-like)."""
+    CURVE = "curve"
+    """The curve posterior: t (and z) on a Bézier curve through optima (LoRA-Curve)."""
+
+
+@dataclass
+class FitContext:
+    """Everything a backend may need, computed once and shared between methods.
+
+    Attributes
+    ----------
+    fm: the functional peft model (frozen base, θ layout).
+    train: the training task.
+    anchors: independently fine-tuned optima θ^(m) [M, D] in the full LoRA space (or None).
+    train_config: how MAP optima are fine-tuned (also for projected cores, with ``projected_lr``).
+    seed: the run's seed.
+    progress: show tqdm bars.
+    cache: shared intermediate results (e.g. the projected space and its MAP core).
+    """
+
+    fm: FunctionalModel
+    train: EncodedTask
+    anchors: Tensor | None = None
+    train_config: TrainConfig = field(default_factory=TrainConfig)
+    projected_lr: float = 5e-3
+    seed: int = 0
+    progress: bool = False
+    metadata: dict = field(default_factory=dict)
+    cache: dict = field(default_factory=dict)
+
+    def require_anchors(self, k: int = 1) -> Tensor:
+        if self.anchors is None or self.anchors.shape[0] < k:
+            have = 0 if self.anchors is None else self.anchors.shape[0]
+            raise ValueError(f"this method needs at least {k} fine-tuned anchors, the context has {have}")
+        return self.anchors
+
+    def projected_space(self) -> ProjectedSpace:
+        """The LoRA-XS space of the model (truncated SVD computed once)."""
+        if "projected_space" not in self.cache:
+            self.cache["projected_space"] = ProjectedSpace(self.fm.model, self.fm.layout)
+        return self.cache["projected_space"]
+
+    def projected_map(self) -> Tensor:
+        """A MAP core latent in the projected space (LoRA-XS fine-tuning), computed once."""
+        if "projected_map" not in self.cache:
+            space = self.projected_space()
+            cfg = TrainConfig(**{**self.train_config.__dict__, "lr": self.projected_lr, "seed": self.seed})
+            res = fine_tune(self.fm, space, self.train, cfg, progress=self.progress)
+            self.cache["projected_map"] = res.latent
+            self.cache["projected_map_seconds"] = res.seconds
+        return self.cache["projected_map"]
+
+
+@torch.no_grad()
+def predict_probs(fm: FunctionalModel, task: EncodedTask, thetas: Tensor, *, batch_size: int = 64) -> Tensor:
+    """Probabilities [S, N, C] of every θ in ``thetas`` [S, D] on every example of ``task``."""
+    out = []
+    for batch in task.batches(batch_size):
+        per = [task.class_logits(fm.forward_at(th), batch).softmax(-1) for th in thetas]
+        out.append(torch.stack(per))
+    return torch.cat(out, dim=1)
+
+
+class Posterior:
+    """Base class of every fitted posterior. Subclasses set ``method`` and implement
+    :meth:`sample_thetas` (and override :meth:`predict` when prediction is not "evaluate θ").
+
+    Attributes
+    ----------
+    fm: the functional model the posterior predicts with.
+    options: the options it was fitted with (JSON-able).
+    info: fit time, losses, and the method's own statistics.
+    """
+
+    method: ClassVar[str] = "posterior"
+    #: how many samples ``predict`` uses when ``num_samples`` is None
+    default_num_samples: int = 16
+
+    def __init__(self, fm: FunctionalModel, options: Mapping[str, Any] | None = None, info: FitInfo | None = None):
+        self.fm = fm
+        self.options = dict(options or {})
+        self.info = info or FitInfo()
+
+    # --- sampling -------------------------------------------------------------------------
+    def sample_thetas(self, n: int, *, seed: int = 0) -> Tensor:
+        """``n`` LoRA vectors θ_s [n, D] drawn with ``seed`` (same seed → same draws)."""
+        raise NotImplementedError(f"{self.method} does not draw LoRA vectors")
+
+    def latent_samples(self, n: int, *, seed: int = 0) -> dict[str, Tensor]:
+        """Named draws of the method's latents, each [n, ...] (for ArviZ's posterior group)."""
+        return {}
+
+    # --- prediction -----------------------------------------------------------------------
+    def predict(
+        self, task: EncodedTask, *, num_samples: int | None = None, seed: int = 0, batch_size: int = 64
+    ) -> Prediction:
+        """Per-sample predictive probabilities [S, N, C] on ``task`` (with its labels)."""
+        thetas = self.sample_thetas(self._n(num_samples), seed=seed)
+        return Prediction(predict_probs(self.fm, task, thetas, batch_size=batch_size), task.labels)
+
+    def _n(self, num_samples: int | None) -> int:
+        n = self.default_num_samples if num_samples is None else int(num_samples)
+        if n < 1:
+            raise ValueError(f"num_samples must be ≥ 1, got {n}")
+        return n
+
+    # --- persistence ----------------------------------------------------------------------
+    def state(self) -> tuple[dict[str, Tensor], dict]:
+        """Tensors and JSON-able metadata from which :meth:`from_state` rebuilds the posterior."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_state(cls, fm: FunctionalModel, tensors: dict[str, Tensor], meta: dict, ctx: FitContext | None = None) -> "Posterior":
+        raise NotImplementedError
+
+    def save(self, path: str | Path) -> Path:
+        """Write ``<path>/posterior.safetensors`` and ``<path>/posterior.json``."""
+        path = Path(path)
+        tensors, meta = self.state()
+        meta = {
+            "method": self.method,
+            "options": self.options,
+            "info": {"seconds": self.info.seconds, "losses": list(self.info.losses), "stats": _jsonable(self.info.stats)},
+            "state": meta,
+            "layout": self.fm.layout.to_json(),
+        }
+        save_tensors(path / "posterior.safetensors", tensors or {"_empty": torch.zeros(0)})
+        atomic_write_json(path / "posterior.json", meta)
+        return path
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(method={self.method!r}, options={self.options})"
+
+
+def read_saved(path: str | Path) -> tuple[dict[str, Tensor], dict]:
+    path = Path(path)
+    tensors, _ = load_tensors(path / "posterior.safetensors")
+    meta = json.loads((path / "posterior.json").read_text())
+    tensors.pop("_empty", None)
+    return tensors, meta
+
+
+def _jsonable(obj):
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, Tensor):
+        return obj.tolist()
+    if hasattr(obj, "item"):
+        return obj.item()
+    return obj

@@ -1,0 +1,85 @@
+"""An explicit registry of inference backends: method name → fit function and posterior class."""
+from __future__ import annotations
+
+import importlib
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+from ..lora.params import FunctionalModel
+from .base import FitContext, Posterior, read_saved
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A registered method: how to fit it and which class loads it back."""
+
+    name: str
+    fit: Callable[..., Posterior]
+    posterior_cls: type[Posterior]
+    doc: str = ""
+
+
+_REGISTRY: dict[str, Backend] = {}
+#: module of each built-in backend, imported on first use (keeps ``import bayes_lora`` light)
+_BUILTIN = {
+    "map": "bayes_lora.inference.map",
+    "ensemble": "bayes_lora.inference.ensemble",
+    "mc_dropout": "bayes_lora.inference.mc_dropout",
+    "laplace": "bayes_lora.inference.laplace",
+    "swag": "bayes_lora.inference.swag",
+    "vi": "bayes_lora.inference.vi",
+    "curve": "bayes_lora.inference.curve",
+}
+
+
+def register(name: str, posterior_cls: type[Posterior], doc: str = ""):
+    """Decorator registering ``fit(ctx, **options) -> Posterior`` under ``name`` (once)."""
+
+    def deco(fn):
+        if name in _REGISTRY and _REGISTRY[name].fit is not fn:
+            raise ValueError(f"a backend named {name!r} is already registered")
+        _REGISTRY[name] = Backend(name, fn, posterior_cls, doc or (fn.__doc__ or "").strip().split("\n")[0])
+        return fn
+
+    return deco
+
+
+def get_backend(name: str) -> Backend:
+    if name not in _REGISTRY and name in _BUILTIN:
+        importlib.import_module(_BUILTIN[name])
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown inference method {name!r}; known: {sorted(set(_BUILTIN) | set(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
+def available_methods() -> list[str]:
+    """Names of every method that can be fitted (built-in and registered)."""
+    return sorted(set(_BUILTIN) | set(_REGISTRY))
+
+
+def fit(method: str, ctx: FitContext, **options) -> Posterior:
+    """Fit ``method`` on the context's model and training task; the fit time goes in ``info``."""
+    backend = get_backend(method)
+    start = time.perf_counter()
+    post = backend.fit(ctx, **options)
+    seconds = time.perf_counter() - start
+    if not post.info.seconds:
+        post.info = replace(post.info, seconds=seconds)
+    return post
+
+
+def load(path: str | Path, fm: FunctionalModel, ctx: FitContext | None = None) -> Posterior:
+    """Load a posterior saved by :meth:`Posterior.save`, checking it belongs to ``fm``'s layout."""
+    from ..lora.params import ParamLayout
+    from ..types import FitInfo
+
+    tensors, meta = read_saved(path)
+    fm.layout.check_same(ParamLayout.from_json(meta["layout"]), what=f"posterior {path}")
+    backend = get_backend(meta["method"])
+    post = backend.posterior_cls.from_state(fm, tensors, meta["state"], ctx)
+    post.options = meta.get("options", {})
+    info = meta.get("info", {})
+    post.info = FitInfo(info.get("seconds", 0.0), tuple(info.get("losses", ())), info.get("stats", {}))
+    return post
