@@ -92,3 +92,49 @@ def sentiment_texts(n: int, seed: int = 0) -> tuple[list[str], list[int]]:
         texts.append(" ".join(words))
         labels.append(y)
     return texts, labels
+
+
+def tiny_task(n: int = 64, seed: int = 0, tokenizer=None):
+    """The toy sentiment task encoded with the tiny tokenizer (an EncodedClassification)."""
+    from bayes_lora.data import EncodedClassification, TextClassificationData
+
+    texts, labels = sentiment_texts(n, seed)
+    data = TextClassificationData("toy", tuple(texts), tuple(labels), 2)
+    return EncodedClassification.from_data(data, tokenizer or tiny_tokenizer(), max_length=16)
+
+
+def tiny_peft_model(seed: int = 0, r: int = 4, dropout: float = 0.0):
+    """Tiny BERT with peft LoRA (r on query/value) and a trainable head."""
+    from bayes_lora.lora.backbone import LoraSettings, add_lora
+
+    return add_lora(tiny_bert(seed=seed), LoraSettings(r=r, alpha=2 * r, dropout=dropout), "classifier").eval()
+
+
+_CONTEXT_CACHE: dict = {}
+
+
+def tiny_context(n_anchors: int = 2, n_train: int = 64, steps: int = 150, dropout: float = 0.0):
+    """A FitContext on the tiny model with ``n_anchors`` fine-tuned optima (cached per process).
+
+    Returns ``(ctx, test_task)``; the anchors reach ~90 %+ accuracy on the toy task.
+    """
+    key = (n_anchors, n_train, steps, dropout)
+    if key not in _CONTEXT_CACHE:
+        import torch
+
+        from bayes_lora.inference.base import FitContext
+        from bayes_lora.lora import FullSpace, FunctionalModel
+        from bayes_lora.lora.train import TrainConfig, fine_tune
+
+        fm = FunctionalModel(tiny_peft_model(dropout=dropout))
+        train = tiny_task(n_train, seed=0)
+        test = tiny_task(32, seed=1)
+        cfg = TrainConfig(epochs=100, max_steps=steps, batch_size=16, lr=1e-2, seed=0)
+        anchors = torch.stack(
+            [fine_tune(fm, FullSpace(fm.layout), train, TrainConfig(**{**cfg.__dict__, "seed": s})).latent
+             for s in range(n_anchors)]
+        )
+        _CONTEXT_CACHE[key] = (FitContext(fm=fm, train=train, anchors=anchors, train_config=cfg,
+                                          projected_lr=5e-2), test)
+    ctx, test = _CONTEXT_CACHE[key]
+    return ctx, test

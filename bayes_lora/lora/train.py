@@ -150,7 +150,7 @@ def train_latent(
             if config.grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_([w], config.grad_clip)
             opt.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
             step += 1
             if snapshot_every and step % snapshot_every == 0:
                 snaps.append(w.detach().clone())
