@@ -58,3 +58,11 @@ def real_setup_available() -> tuple[bool, str]:
     if not (SHARED_DATA / "sst2" / "test.tsv").exists():
         return False, f"SST-2 not found under {SHARED_DATA} (set BAYES_LORA_DATA_DIR)"
     return True, ""
+
+
+@pytest.fixture(scope="session")
+def tiny_ctx():
+    """(FitContext with two fine-tuned anchors on the tiny model, test task); built once."""
+    from scenarios import tiny_context
+
+    return tiny_context()

@@ -1,0 +1,332 @@
+"""The curve posterior as a backend: NUTS / HMC, SVI autoguides, slice sampling and exact grid
+quadrature over the curve position t (and offset z) of :class:`~bayes_lora.models.CurveModel`.
+
+The grid posterior p(t | D) ∝ p(t) Π_i p(y_i | x_i, φ(t))^{1/T}, normalised by the trapezoid
+rule on a fine grid, is exact up to the grid (t alone) and is the ground truth the samplers are
+tested against. Chains run one after the other (a torch model does not fork well), each seeded.
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..lora.curve_train import CurveConfig, train_curve
+from ..lora.curves import BezierCurve
+from ..lora.spaces import FullSpace
+from ..models import CurveModel, CurvePosteriorSpec, TaskLogits
+from ..types import FitInfo
+from .base import FitContext, Posterior
+from .registry import register
+
+INFERENCE = ("nuts", "hmc", "svi", "slice", "grid")
+
+
+class CurvePosterior(Posterior):
+    """Draws of (t, z) on a frozen curve; θ_s = φ(t_s) + P z_s.
+
+    Attributes
+    ----------
+    model: the Pyro model (curve, space, offset basis, likelihood).
+    t: draws of t [chains, draws].
+    z: draws of z [chains, draws, d] (d = 0 without offset).
+    """
+
+    method = "curve"
+
+    def __init__(self, fm, model: CurveModel, t: Tensor, z: Tensor | None = None, **kw):
+        super().__init__(fm, **kw)
+        self.model = model
+        self.t = t.detach().reshape(t.shape[0], -1) if t.dim() == 2 else t.detach().reshape(1, -1)
+        d = model.spec.offset.dim
+        self.z = (z.detach().reshape(*self.t.shape, d) if z is not None and d
+                  else torch.zeros(*self.t.shape, d))
+        self.default_num_samples = min(32, self.t.numel())
+
+    @property
+    def num_draws(self) -> int:
+        return self.t.numel()
+
+    def _index(self, n: int, seed: int) -> Tensor:
+        total = self.num_draws
+        if n >= total:
+            return torch.arange(n) % total
+        step = total / n  # evenly spaced (thinned) draws, shifted by the seed
+        offset = (seed % max(1, int(step))) if step >= 1 else 0
+        return (torch.arange(n) * step + offset).long().clamp_max(total - 1)
+
+    def latent_samples(self, n: int | None = None, *, seed: int = 0) -> dict[str, Tensor]:
+        if n is None:
+            out = {"t": self.t}
+            if self.z.shape[-1]:
+                out["z"] = self.z
+            return out
+        idx = self._index(n, seed)
+        out = {"t": self.t.reshape(-1)[idx]}
+        if self.z.shape[-1]:
+            out["z"] = self.z.reshape(-1, self.z.shape[-1])[idx]
+        return out
+
+    @torch.no_grad()
+    def sample_thetas(self, n: int, *, seed: int = 0) -> Tensor:
+        lat = self.latent_samples(n, seed=seed)
+        z = lat.get("z")
+        return torch.stack([self.model.theta(t, None if z is None else z[i]) for i, t in enumerate(lat["t"])])
+
+    def state(self):
+        tensors = {"control_points": self.model.control_points, "t": self.t, "z": self.z}
+        return tensors, {"spec": self.model.spec.to_dict(), "segments": self.model.segments,
+                         "degree": self.model.degree, "space": self.model.space.kind}
+
+    @classmethod
+    def from_state(cls, fm, tensors, meta, ctx: FitContext | None = None):
+        spec = CurvePosteriorSpec.from_dict(meta["spec"])
+        if meta.get("space", "full") != "full":
+            raise ValueError("only curves in the full LoRA space can be loaded without their space")
+        cp = tensors["control_points"]
+        K, n = meta["segments"], meta["degree"]
+        curve = _curve_from_points(cp, K, n)
+        train = ctx.train if ctx is not None else None
+        lik = TaskLogits(fm, train, examples=spec.likelihood_examples) if train is not None else None
+        model = CurveModel(spec, curve, FullSpace(fm.layout), lik)
+        return cls(fm, model, tensors["t"], tensors["z"])
+
+
+def _curve_from_points(cp: Tensor, segments: int, degree: int) -> BezierCurve:
+    joints = cp[::degree]
+    curve = BezierCurve(joints, degree=degree, anchored=True)
+    if degree > 1:
+        with torch.no_grad():
+            body = cp[:-1].reshape(segments, degree, -1)
+            curve.bends.copy_(body[:, 1:])
+    return curve
+
+
+def _get_curve(ctx: FitContext, spec: CurvePosteriorSpec, curve: BezierCurve | None, curve_config: dict | None):
+    if curve is not None:
+        return curve
+    if "curve" in ctx.cache:
+        return ctx.cache["curve"]
+    anchors = ctx.require_anchors(2)
+    cfg = CurveConfig(**{"degree": spec.curve.degree, "anchored": spec.curve.anchored, "seed": ctx.seed,
+                         **(curve_config or {})})
+    res = train_curve(ctx.fm, FullSpace(ctx.fm.layout), ctx.train, anchors, cfg, progress=ctx.progress)
+    ctx.cache["curve"] = res.curve
+    ctx.cache["curve_seconds"] = res.seconds
+    return res.curve
+
+
+@register("curve", CurvePosterior)
+def fit_curve(
+    ctx: FitContext,
+    *,
+    posterior: dict | CurvePosteriorSpec | None = None,
+    inference: str = "nuts",
+    num_samples: int = 200,
+    warmup: int = 100,
+    num_chains: int = 2,
+    svi_steps: int = 500,
+    svi_lr: float = 0.05,
+    guide: str = "normal",
+    grid_points: int = 201,
+    curve: BezierCurve | None = None,
+    curve_config: dict | None = None,
+    max_tree_depth: int = 6,
+) -> CurvePosterior:
+    """Fit the curve posterior declared by ``posterior`` with ``inference`` in {INFERENCE}."""
+    spec = posterior if isinstance(posterior, CurvePosteriorSpec) else CurvePosteriorSpec.from_dict(posterior or {})
+    if inference not in INFERENCE:
+        raise ValueError(f"curve inference must be one of {INFERENCE}, got {inference!r}")
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be ≥ 1, got {num_samples}")
+    if inference == "grid" and spec.offset.dim:
+        raise ValueError("grid quadrature is exact for t alone: set offset.dim = 0 or use nuts/svi")
+    curve = _get_curve(ctx, spec, curve, curve_config)
+    lik = TaskLogits(ctx.fm, ctx.train, examples=spec.likelihood_examples, seed=ctx.seed)
+    model = CurveModel(spec, curve, FullSpace(ctx.fm.layout), lik)
+    options = {"posterior": spec.to_dict(), "inference": inference, "num_samples": num_samples,
+               "warmup": warmup, "num_chains": num_chains, "svi_steps": svi_steps, "guide": guide,
+               "grid_points": grid_points}
+    start = time.perf_counter()
+    if inference in ("nuts", "hmc"):
+        t, z, stats = _run_mcmc(model, inference, num_samples, warmup, num_chains, ctx.seed, max_tree_depth)
+        losses: tuple = ()
+    elif inference == "slice":
+        t, z, stats = _run_slice(model, num_samples, warmup, num_chains, ctx.seed)
+        losses = ()
+    elif inference == "svi":
+        t, z, stats, losses = _run_svi(model, guide, svi_steps, svi_lr, num_samples, ctx.seed)
+    else:
+        t, stats = _run_grid(model, grid_points, num_samples, ctx.seed)
+        z, losses = None, ()
+    info = FitInfo(time.perf_counter() - start, tuple(losses), stats)
+    return CurvePosterior(ctx.fm, model, t, z, options=options, info=info)
+
+
+# --- NUTS / HMC ------------------------------------------------------------------------------
+def _run_mcmc(model, kind, num_samples, warmup, num_chains, seed, max_tree_depth):
+    import pyro
+    from pyro.infer import HMC, MCMC, NUTS
+    from pyro.infer.autoguide.initialization import init_to_uniform
+
+    ts, zs, stats = [], [], {"divergences": [], "step_size": [], "acceptance_rate": [], "diverging": []}
+    for c in range(num_chains):
+        pyro.set_rng_seed(seed * 1000 + c)
+        pyro.clear_param_store()
+        kwargs = dict(adapt_step_size=True, init_strategy=init_to_uniform(radius=1.0), jit_compile=False)
+        kernel = (NUTS(model, max_tree_depth=max_tree_depth, **kwargs) if kind == "nuts"
+                  else HMC(model, num_steps=8, **kwargs))
+        mcmc = MCMC(kernel, num_samples=num_samples, warmup_steps=warmup, num_chains=1, disable_progbar=True)
+        mcmc.run()
+        samples = mcmc.get_samples()
+        ts.append(samples["t"].reshape(-1))
+        if "z" in samples:
+            zs.append(samples["z"].reshape(num_samples, -1))
+        diag = mcmc.diagnostics()
+        div = diag.get("divergences", {}).get("chain 0", [])
+        flags = torch.zeros(num_samples, dtype=torch.bool)
+        if len(div):
+            flags[torch.as_tensor(div, dtype=torch.long).clamp_max(num_samples - 1)] = True
+        stats["diverging"].append(flags.tolist())
+        stats["divergences"].append(int(flags.sum()))
+        stats["step_size"].append(float(kernel.step_size))
+        stats["acceptance_rate"].append(float(diag.get("acceptance rate", {}).get("chain 0", float("nan"))))
+    t = torch.stack(ts)
+    z = torch.stack(zs) if zs else None
+    stats["num_divergences"] = int(sum(stats["divergences"]))
+    stats["kernel"] = kind
+    return t, z, stats
+
+
+# --- slice sampling ------------------------------------------------------------------------
+def _potential(model):
+    from pyro.infer.mcmc.util import initialize_model
+
+    init_params, potential_fn, transforms, _ = initialize_model(model, num_chains=1)
+    return init_params, potential_fn, transforms
+
+
+def _run_slice(model, num_samples, warmup, num_chains, seed, width: float = 1.0, max_steps: int = 20):
+    """Univariate slice sampling with stepping out (Neal 2003), coordinate by coordinate, on the
+    unconstrained latents of the same potential NUTS uses."""
+    import pyro
+
+    pyro.set_rng_seed(seed)
+    init, potential_fn, transforms = _potential(model)
+    names = list(init)
+    shapes = {k: v.shape for k, v in init.items()}
+    sizes = [int(torch.Size(shapes[k]).numel()) for k in names]
+
+    def unflat(x):
+        out, lo = {}, 0
+        for k, s in zip(names, sizes):
+            out[k] = x[lo : lo + s].reshape(shapes[k])
+            lo += s
+        return out
+
+    def logp(x):
+        with torch.no_grad():
+            return -float(potential_fn(unflat(x)))
+
+    ts, zs, evals = [], [], 0
+    for c in range(num_chains):
+        g = torch.Generator().manual_seed(seed * 1000 + c)
+        x = (torch.rand(sum(sizes), generator=g) * 2 - 1)
+        lp = logp(x)
+        keep_t, keep_z = [], []
+        for it in range(warmup + num_samples):
+            for j in range(x.numel()):
+                y = lp + math.log(float(torch.rand(1, generator=g)) + 1e-300)
+                u = float(torch.rand(1, generator=g))
+                lo, hi = x[j] - width * u, x[j] + width * (1 - u)
+                for _ in range(max_steps):
+                    xl = x.clone(); xl[j] = lo; evals += 1
+                    if logp(xl) <= y:
+                        break
+                    lo -= width
+                for _ in range(max_steps):
+                    xh = x.clone(); xh[j] = hi; evals += 1
+                    if logp(xh) <= y:
+                        break
+                    hi += width
+                while True:
+                    cand = x.clone()
+                    cand[j] = lo + (hi - lo) * float(torch.rand(1, generator=g))
+                    lc = logp(cand); evals += 1
+                    if lc > y:
+                        x, lp = cand, lc
+                        break
+                    if cand[j] < x[j]:
+                        lo = float(cand[j])
+                    else:
+                        hi = float(cand[j])
+            if it >= warmup:
+                constrained = {k: transforms[k].inv(v) for k, v in unflat(x).items()}
+                keep_t.append(constrained["t"].reshape(()))
+                if "z" in constrained:
+                    keep_z.append(constrained["z"].reshape(-1))
+        ts.append(torch.stack(keep_t))
+        if keep_z:
+            zs.append(torch.stack(keep_z))
+    return torch.stack(ts), (torch.stack(zs) if zs else None), {"kernel": "slice", "potential_evals": evals}
+
+
+# --- SVI ------------------------------------------------------------------------------------
+def _run_svi(model, guide_name, steps, lr, num_samples, seed):
+    import pyro
+    from pyro.infer import SVI, Trace_ELBO
+    from pyro.infer.autoguide import AutoLowRankMultivariateNormal, AutoNormal
+    from pyro.optim import Adam
+
+    pyro.set_rng_seed(seed)
+    pyro.clear_param_store()
+    if guide_name == "normal":
+        guide: Any = AutoNormal(model, init_scale=0.1)
+    elif guide_name == "lowrank":
+        guide = AutoLowRankMultivariateNormal(model, init_scale=0.1)
+    else:
+        raise ValueError(f"guide must be 'normal' or 'lowrank', got {guide_name!r}")
+    svi = SVI(model, guide, Adam({"lr": lr}), Trace_ELBO())
+    losses = []
+    for step in range(steps):
+        loss = svi.step()
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"curve SVI: the ELBO became {loss} at step {step}")
+        losses.append(loss)
+    with torch.no_grad():
+        draws = [guide() for _ in range(num_samples)]
+    t = torch.stack([d["t"].reshape(()) for d in draws]).reshape(1, -1)
+    z = torch.stack([d["z"].reshape(-1) for d in draws]).reshape(1, num_samples, -1) if "z" in draws[0] else None
+    stats = {"kernel": f"svi-{guide_name}", "final_elbo": -losses[-1],
+             "guide": {k: v.detach().reshape(-1).tolist() for k, v in pyro.get_param_store().items()}}
+    return t, z, stats, losses
+
+
+# --- grid quadrature ------------------------------------------------------------------------
+def grid_posterior(model: CurveModel, grid_points: int = 201) -> tuple[Tensor, Tensor]:
+    """Exact p(t | D) on a grid: (t [G], density [G]) normalised by the trapezoid rule."""
+    t = torch.linspace(0, 1, grid_points)
+    logpost = model.log_likelihood_grid(t) + model.spec.t_prior.log_density(t)
+    dens = (logpost - logpost.max()).exp()
+    dens = dens / torch.trapezoid(dens, t)
+    return t, dens
+
+
+def _run_grid(model, grid_points, num_samples, seed):
+    t, dens = grid_posterior(model, grid_points)
+    cdf = torch.cat([torch.zeros(1), torch.cumsum((dens[1:] + dens[:-1]) / 2 * (t[1:] - t[:-1]), 0)])
+    cdf = cdf / cdf[-1]
+    g = torch.Generator().manual_seed(seed)
+    u = (torch.arange(num_samples) + torch.rand(num_samples, generator=g)) / num_samples  # stratified
+    idx = torch.searchsorted(cdf, u).clamp(1, grid_points - 1)
+    lo, hi = cdf[idx - 1], cdf[idx]
+    frac = ((u - lo) / (hi - lo).clamp_min(1e-12)).clamp(0, 1)
+    draws = t[idx - 1] + frac * (t[idx] - t[idx - 1])
+    mean = torch.trapezoid(t * dens, t)
+    var = torch.trapezoid((t - mean) ** 2 * dens, t)
+    stats = {"kernel": "grid", "grid_t": t.tolist(), "grid_density": dens.tolist(),
+             "mean": float(mean), "std": float(var.sqrt())}
+    return draws[torch.randperm(num_samples, generator=g)].reshape(1, -1), stats
