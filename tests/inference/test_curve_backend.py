@@ -1,0 +1,133 @@
+"""The curve posterior: samplers against exact grid quadrature, barriers, JS diversity."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bayes_lora.inference import fit, load
+from bayes_lora.lora import BezierCurve, FullSpace
+from bayes_lora.lora.curve_train import CurveConfig, linear_and_curve_paths, train_curve
+from bayes_lora.models import CurveModel, CurvePosteriorSpec, TaskLogits
+from bayes_lora.inference.curve import grid_posterior
+
+
+def _rotated(ctx, seed=0):
+    """A second optimum related to the first by LoRA's symmetry: B·R, Rᵀ·A (R a rotation)."""
+    layout = ctx.fm.layout
+    parts = layout.unflatten(ctx.anchors[0].clone())
+    r = next(s[0] for n, s in zip(layout.names, layout.shapes) if ".lora_A." in n)
+    R = torch.linalg.qr(torch.randn(r, r, generator=torch.Generator().manual_seed(seed)))[0]
+    for n in layout.names:
+        if ".lora_B." in n:
+            parts[n] = parts[n] @ R
+        elif ".lora_A." in n:
+            parts[n] = R.T @ parts[n]
+    return torch.stack([ctx.anchors[0], layout.flatten(parts)])
+
+
+@pytest.fixture(scope="module")
+def curve_ctx(tiny_ctx):
+    """A small context whose curve is trained once; likelihood on 32 examples keeps NUTS quick."""
+    import dataclasses
+
+    ctx, test = tiny_ctx
+    ctx = dataclasses.replace(ctx, cache={})
+    res = train_curve(ctx.fm, FullSpace(ctx.fm.layout), ctx.train, ctx.anchors,
+                      CurveConfig(epochs=100, max_steps=100, lr=1e-2, seed=0))
+    ctx.cache["curve"] = res.curve
+    return ctx, test
+
+
+SPEC = {"temperature": 0.5}
+
+
+def test_symmetric_optima_have_a_linear_barrier_that_the_curve_removes(tiny_ctx):
+    ctx, _ = tiny_ctx
+    fm, space = ctx.fm, FullSpace(ctx.fm.layout)
+    anchors = _rotated(ctx)
+    # same function at both ends: LoRA's factorisation symmetry
+    x = next(ctx.train.batches(8))
+    torch.testing.assert_close(ctx.train.class_logits(fm.forward_at(anchors[0]), x),
+                               ctx.train.class_logits(fm.forward_at(anchors[1]), x), atol=1e-5, rtol=1e-5)
+    res = train_curve(fm, space, ctx.train, anchors, CurveConfig(epochs=100, max_steps=120, lr=1e-2))
+    paths = linear_and_curve_paths(fm, space, ctx.train, res.curve, grid=9)
+    assert paths["linear"].barrier > 0.15, paths["linear"].loss
+    assert paths["curve"].barrier < 0.25 * paths["linear"].barrier, (paths["curve"].loss, paths["linear"].loss)
+    # the curve still passes through its anchors exactly
+    torch.testing.assert_close(res.curve(torch.tensor([0.0, 1.0])).detach(), anchors, atol=1e-6, rtol=0)
+
+
+def test_js_weight_raises_mutual_information_along_the_curve(tiny_ctx):
+    from bayes_lora.diagnostics import uncertainty_decomposition
+    from bayes_lora.inference.base import predict_probs
+
+    ctx, test = tiny_ctx
+    fm, space = ctx.fm, FullSpace(fm_layout := ctx.fm.layout)
+    mis, accs = [], []
+    for lam in (0.0, 2.0):
+        res = train_curve(fm, space, ctx.train, ctx.anchors,
+                          CurveConfig(epochs=100, max_steps=80, lr=1e-2, js_weight=lam, js_batch=16, seed=1))
+        thetas = space.to_theta(res.curve(torch.linspace(0, 1, 9)).detach())
+        probs = predict_probs(fm, ctx.train, thetas)  # the examples the JS term sees
+        mis.append(uncertainty_decomposition(probs)[2].mean().item())
+        accs.append((probs.mean(0).argmax(-1) == ctx.train.labels).float().mean().item())
+    assert fm_layout.dim > 0
+    assert mis[1] > 1.4 * mis[0], mis
+    assert accs[1] >= accs[0] - 0.05, accs
+
+
+def test_grid_posterior_is_normalised_and_matches_direct_density(curve_ctx):
+    ctx, _ = curve_ctx
+    spec = CurvePosteriorSpec.from_dict(SPEC)
+    model = CurveModel(spec, ctx.cache["curve"], FullSpace(ctx.fm.layout), TaskLogits(ctx.fm, ctx.train))
+    t, dens = grid_posterior(model, 51)
+    assert torch.trapezoid(dens, t).item() == pytest.approx(1.0, abs=1e-6)
+    ll = model.log_likelihood_grid(t[[10, 40]])
+    assert torch.log(dens[10] / dens[40]).item() == pytest.approx((ll[0] - ll[1]).item(), abs=1e-3)
+
+
+@pytest.mark.parametrize("inference,kw", [
+    ("nuts", dict(num_samples=120, warmup=60, num_chains=2)),
+    ("svi", dict(svi_steps=250, num_samples=400, guide="normal")),
+])
+def test_samplers_match_grid_posterior_on_t(curve_ctx, inference, kw):
+    ctx, _ = curve_ctx
+    grid = fit("curve", ctx, posterior=SPEC, inference="grid", num_samples=2000, grid_points=101)
+    mean, std = grid.info.stats["mean"], grid.info.stats["std"]
+    assert 0.02 < std < 0.25, "the test needs an informative, non-degenerate posterior"
+    post = fit("curve", ctx, posterior=SPEC, inference=inference, **kw)
+    t = post.t.reshape(-1)
+    # NUTS: mean within ~4 Monte-Carlo standard errors (ESS ≥ ~60); SVI (a Gaussian in logit
+    # space): a looser match of a skewed posterior.
+    tol = 4 * std / 60**0.5 if inference == "nuts" else 0.35 * std + 0.02
+    assert abs(t.mean().item() - mean) < tol, (t.mean().item(), mean, std)
+    assert t.std().item() == pytest.approx(std, rel=0.35)
+    if inference == "nuts":
+        assert post.t.shape == (2, 120)
+        stats = post.info.stats
+        assert len(stats["step_size"]) == 2 and all(s > 0 for s in stats["step_size"])
+        assert stats["num_divergences"] == sum(stats["divergences"])
+
+
+@pytest.mark.slow
+def test_slice_sampler_matches_grid(curve_ctx):
+    ctx, _ = curve_ctx
+    grid = fit("curve", ctx, posterior=SPEC, inference="grid", num_samples=2000, grid_points=101)
+    post = fit("curve", ctx, posterior=SPEC, inference="slice", num_samples=80, warmup=20, num_chains=2)
+    t = post.t.reshape(-1)
+    assert abs(t.mean().item() - grid.info.stats["mean"]) < 4 * grid.info.stats["std"] / 40**0.5
+
+
+def test_offset_posterior_and_save_load_roundtrip(curve_ctx, tmp_path):
+    ctx, test = curve_ctx
+    spec = {**SPEC, "offset": {"dim": 2, "scale": 0.01}}
+    post = fit("curve", ctx, posterior=spec, inference="svi", svi_steps=60, num_samples=50)
+    assert post.z.shape == (1, 50, 2)
+    pred = post.predict(test, num_samples=6, seed=3)
+    assert pred.probs.shape == (6, len(test), 2)
+    torch.testing.assert_close(pred.probs.sum(-1), torch.ones(6, len(test)))
+    post.save(tmp_path / "curve")
+    back = load(tmp_path / "curve", ctx.fm, ctx)
+    torch.testing.assert_close(back.predict(test, num_samples=6, seed=3).probs, pred.probs, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="grid quadrature is exact for t alone"):
+        fit("curve", ctx, posterior=spec, inference="grid")
