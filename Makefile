@@ -6,7 +6,7 @@ DATA   ?= $(firstword $(wildcard ../shared/data) $(BAYES_LORA_DATA_DIR))
 CONFIG ?= configs/default.toml
 OUT    ?= runs/default
 
-.PHONY: demo test test-fast lint bench clean-venv
+.PHONY: demo test test-all lint bench clean-venv
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,10 +18,10 @@ demo: $(VENV)/.installed
 	$(PY) -m bayes_lora run $(CONFIG) --out $(OUT) $(if $(DATA),--data-dir $(DATA),)
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -m "not slow" tests
 
-test-fast: $(VENV)/.installed
-	BAYES_LORA_FAST=1 $(PY) -m pytest -q -m "not slow" tests
+test-all: $(VENV)/.installed
+	$(PY) -m pytest -q tests
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check bayes_lora tests benchmarks

@@ -1,0 +1,820 @@
+"""Laplace approximation over LoRA parameters, through laplace-torch.
+
+The posterior is a Gaussian N(ŵ, Σ) over the latent w of one parameter space (Daxberger et al.
+2021, "Laplace Redux"; Yang et al. 2024, "Bayesian low-rank adaptation for LLMs"):
+
+* ``space="projected"`` — the LoRA-XS cores (and head) of :class:`~bayes_lora.lora.spaces.
+  ProjectedSpace`, around the projected MAP ``ctx.projected_map()``; d = M·r² + head numbers
+  (1,538 on the default model);
+* ``space="full"`` — θ itself, every LoRA tensor and the head, around a MAP anchor
+  ``ctx.anchors[anchor]``; d = D (74,498 on the default model).
+
+The posterior precision is Σ⁻¹ = H/T + λI, with H the generalised Gauss–Newton matrix
+Σ_i J_iᵀ (diag p_i − p_i p_iᵀ) J_i of the training NLL at ŵ (J_i = ∂f(x_i)/∂w, f the class
+logits), in one of three structures — dense, diagonal, or Kronecker-factored per linear layer
+(K-FAC; Martens & Grosse 2015) — and λ a scalar prior precision, fixed or chosen by maximising
+the Laplace evidence log p(D) ≈ log p(D|ŵ) − ½ λ‖ŵ‖² + ½ log det(λI) − ½ log det Σ⁻¹
+(MacKay 1992; Immer et al. 2021). T = n/N rescales a Hessian fitted on n of the N training
+examples (``subset``) to the whole set.
+
+Predictives
+-----------
+* ``"glm"`` (linearised; Immer et al. 2021): f(x) ≈ f̂(x) + J(x)(w − ŵ), so the logits are
+  Gaussian, f ~ N(f̂, J Σ Jᵀ). With ``link="mc"`` each of the S samples is the softmax of one
+  draw of f; with ``link="probit"`` every sample is the same probit-approximated probability
+  softmax(f̂ / √(1 + π/8 · diag J Σ Jᵀ)) (MacKay 1992), so the mean is the probit predictive and
+  the mutual information between samples is exactly 0 — use ``"mc"`` to measure epistemic
+  uncertainty.
+* ``"sampled"``: w_s ~ N(ŵ, Σ), θ_s = g(w_s), p_s = softmax f(x; θ_s). Over the full space the
+  tuned prior dominates directions the data barely constrain and draws predict at chance
+  (see METHODS.md); sample in a well-constrained space (the projected cores).
+
+How laplace-torch is used
+-------------------------
+laplace-torch fits H and tunes λ; its posterior precision is then stored here in a compact form
+(:class:`DenseFactor`, :class:`DiagFactor`, :class:`KronFactor`) from which sampling, the GLM
+predictive and save / load work without a live laplace-torch object.
+
+* Dense and diagonal structures: the network handed to laplace-torch is :class:`LatentNet`, whose
+  only parameter is the latent w; curvature comes from laplace-torch's ``GGNInterface``, which
+  builds Jacobians with ``torch.func.jacrev``. (Its default curvlinops backend computes dense GGNs
+  with forward-mode AD, which the CPU scaled-dot-product attention of transformers does not
+  implement.)
+* Kronecker structure: K-FAC needs the linear layers that consume the parameters, so the network
+  is the peft model itself (:class:`ModelNet`), with θ = ŵ written into its LoRA tensors and
+  their gradients switched on only for the duration of the fit; curvature comes from
+  laplace-torch's default curvlinops backend, one Kronecker block per LoRA factor and head
+  tensor. A flat latent has no layers, so the projected space supports only dense and diagonal
+  Hessians (its d × d dense block is what K-FAC would reduce to anyway).
+"""
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections import UserDict
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from enum import Enum
+from typing import Any, ClassVar, TypeVar
+
+import torch
+from torch import Tensor, nn
+
+from ..lora.params import FunctionalModel, ParamLayout
+from ..lora.spaces import FullSpace, ParameterSpace, ProjectedSpace
+from ..types import Batch, EncodedTask, FitInfo, Prediction
+from .base import FitContext, Posterior
+from .registry import register
+
+__all__ = [
+    "DenseFactor",
+    "DiagFactor",
+    "GaussianFactor",
+    "HessianStructure",
+    "KronFactor",
+    "LaplacePosterior",
+    "LatentNet",
+    "Link",
+    "ModelNet",
+    "Predictive",
+    "SpaceKind",
+    "fit_laplace",
+]
+
+T = TypeVar("T")
+
+#: largest latent dimension for which a dense d × d precision is built (stored in float64:
+#: 8·d² bytes, 0.5 GB at this limit)
+MAX_DENSE_DIM = 8192
+#: how many times jitter (growing ×10 from 1e-6 · mean diagonal) is added to a precision that is
+#: not positive definite before giving up
+JITTER_TRIES = 5
+
+
+class SpaceKind(str, Enum):
+    """The parameter space the Gaussian lives in."""
+
+    PROJECTED = "projected"
+    """LoRA-XS cores (and head) around the projected MAP ``ctx.projected_map()``."""
+    FULL = "full"
+    """Every LoRA tensor and the head (θ) around a fine-tuned anchor ``ctx.anchors[anchor]``."""
+
+
+class HessianStructure(str, Enum):
+    """Structure of the GGN and hence of the posterior precision."""
+
+    FULL = "full"
+    """Dense d × d (only for small d: the projected space)."""
+    DIAG = "diag"
+    """Diagonal: independent coordinates."""
+    KRON = "kron"
+    """Kronecker-factored per linear layer (K-FAC): A ⊗ G blocks (full space only)."""
+
+
+class Predictive(str, Enum):
+    """How predictions are made from the Gaussian."""
+
+    GLM = "glm"
+    """Linearised network: Gaussian logits N(f̂, J Σ Jᵀ)."""
+    SAMPLED = "sampled"
+    """Evaluate the network at sampled latents."""
+
+
+class Link(str, Enum):
+    """How the GLM predictive's Gaussian logits become probabilities."""
+
+    PROBIT = "probit"
+    """softmax(f̂ / √(1 + π/8 · var f)): deterministic; all S samples equal, MI = 0."""
+    MC = "mc"
+    """softmax of S Monte-Carlo draws of the logits."""
+
+
+@contextmanager
+def _quiet_vmap_fallback() -> Iterator[None]:
+    """Silence torch's notice that CPU attention has no vmap batching rule for its backward
+    (``jacrev`` then loops over the output rows; correct, only slower)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*have not yet implemented the batching rule.*")
+        yield
+
+
+def _choice(enum: type[Enum], value: Any, what: str):
+    try:
+        return enum(value)
+    except ValueError:
+        choices = ", ".join(repr(m.value) for m in enum)
+        raise ValueError(f"laplace: {what} must be one of {choices}, got {value!r}") from None
+
+
+# --- Gaussian factors: the compact, savable form of Σ ----------------------------------------
+
+
+class GaussianFactor:
+    """The covariance Σ of N(ŵ, Σ) in a compact form.
+
+    Subclasses implement ``scale`` (z ~ N(0, I) → Σ^{1/2} z ~ N(0, Σ)), ``square_form``
+    (J Σ Jᵀ per example) and their persistence.
+    """
+
+    structure: ClassVar[str]
+    dim: int
+
+    def scale(self, z: Tensor) -> Tensor:
+        """Map standard normal draws z [n, d] to draws [n, d] with covariance Σ."""
+        raise NotImplementedError
+
+    def square_form(self, jac: Tensor) -> Tensor:
+        """J Σ Jᵀ [B, C, C] for Jacobians J [B, C, d]."""
+        raise NotImplementedError
+
+    def tensors(self) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def meta(self) -> dict:
+        return {}
+
+    @classmethod
+    def from_tensors(cls, tensors: Mapping[str, Tensor], meta: Mapping) -> GaussianFactor:
+        raise NotImplementedError
+
+
+class DenseFactor(GaussianFactor):
+    """Σ = (L Lᵀ)⁻¹ from the lower Cholesky factor L [d, d] of the precision (float64)."""
+
+    structure = "full"
+
+    def __init__(self, precision_tril: Tensor):
+        self.precision_tril = precision_tril.to(torch.float64)
+        self.dim = precision_tril.shape[-1]
+
+    def scale(self, z: Tensor) -> Tensor:
+        # Lᵀ x = z  ⇒  cov x = L⁻ᵀ L⁻¹ = (L Lᵀ)⁻¹
+        x = torch.linalg.solve_triangular(self.precision_tril.T, z.T.to(torch.float64), upper=True)
+        return x.T.to(z.dtype)
+
+    def square_form(self, jac: Tensor) -> Tensor:
+        b, c, d = jac.shape
+        v = torch.linalg.solve_triangular(
+            self.precision_tril, jac.reshape(b * c, d).T.to(torch.float64), upper=False
+        ).reshape(d, b, c)
+        return torch.einsum("dbc,dbk->bck", v, v).to(jac.dtype)
+
+    def tensors(self) -> dict[str, Tensor]:
+        return {"precision_tril": self.precision_tril}
+
+    @classmethod
+    def from_tensors(cls, tensors, meta):
+        return cls(tensors["precision_tril"])
+
+    @classmethod
+    def from_precision(cls, precision: Tensor) -> tuple[DenseFactor, float]:
+        """Cholesky-factor a dense precision, with jitter if needed; returns (factor, jitter)."""
+        p = precision.detach().to(torch.float64)
+        p = (p + p.T) / 2
+        eye = torch.eye(p.shape[0], dtype=p.dtype)
+
+        def make(eps: float) -> Tensor:
+            tril, info = torch.linalg.cholesky_ex(p + eps * eye)
+            if int(info) != 0 or not torch.isfinite(tril).all():
+                raise _NotPositiveDefinite
+            return tril
+
+        tril, eps = _with_jitter(make, float(p.diagonal().mean()), "dense")
+        return cls(tril), eps
+
+
+class DiagFactor(GaussianFactor):
+    """Σ = diag(v) with posterior variances v [d] (float64)."""
+
+    structure = "diag"
+
+    def __init__(self, variance: Tensor):
+        self.variance = variance.to(torch.float64)
+        self.dim = variance.shape[-1]
+
+    def scale(self, z: Tensor) -> Tensor:
+        return (z.to(torch.float64) * self.variance.sqrt()).to(z.dtype)
+
+    def square_form(self, jac: Tensor) -> Tensor:
+        j = jac.to(torch.float64)
+        return torch.einsum("bcp,p,bkp->bck", j, self.variance, j).to(jac.dtype)
+
+    def tensors(self) -> dict[str, Tensor]:
+        return {"variance": self.variance}
+
+    @classmethod
+    def from_tensors(cls, tensors, meta):
+        return cls(tensors["variance"])
+
+    @classmethod
+    def from_precision(cls, precision: Tensor) -> tuple[DiagFactor, float]:
+        """Invert a diagonal precision [d], with jitter if needed; returns (factor, jitter)."""
+        p = precision.detach().to(torch.float64)
+
+        def make(eps: float) -> Tensor:
+            q = p + eps
+            if not (torch.isfinite(q).all() and (q > 0).all()):
+                raise _NotPositiveDefinite
+            return 1.0 / q
+
+        var, eps = _with_jitter(make, float(p.mean()), "diagonal")
+        return cls(var), eps
+
+
+class KronFactor(GaussianFactor):
+    """Σ from laplace-torch's eigen-decomposed Kronecker precision (``KronDecomposed``).
+
+    Block b of the precision is Q_b (Λ_b + δ_b) Q_bᵀ, with Q_b = Q_b1 ⊗ Q_b2 and Λ_b = λ_b1 ⊗ λ_b2
+    for a weight (output × input factors) or a single dense factor for a bias; δ_b is the prior
+    precision. Blocks follow the order of the model's trainable parameters (= θ's layout).
+    """
+
+    structure = "kron"
+
+    def __init__(self, decomposed):
+        from laplace.utils.matrix import KronDecomposed
+
+        # contiguous copies: the same numbers as after a save / load round trip, so the same
+        # BLAS paths and bit-identical draws
+        self.kd = KronDecomposed(
+            [[q.detach().contiguous() for q in qs] for qs in decomposed.eigenvectors],
+            [[lam.detach().contiguous() for lam in ls] for ls in decomposed.eigenvalues],
+            decomposed.deltas.detach().contiguous(),
+            damping=decomposed.damping,
+        )
+        self.dim = sum(math.prod(len(lam) for lam in ls) for ls in decomposed.eigenvalues)
+
+    def scale(self, z: Tensor) -> Tensor:
+        return self.kd.bmm(z[:, None, :], exponent=-0.5)[:, 0, :]
+
+    def square_form(self, jac: Tensor) -> Tensor:
+        return self.kd.inv_square_form(jac)
+
+    def tensors(self) -> dict[str, Tensor]:
+        out = {"deltas": self.kd.deltas.detach()}
+        for b, (qs, ls) in enumerate(zip(self.kd.eigenvectors, self.kd.eigenvalues)):
+            for k, (q, lam) in enumerate(zip(qs, ls)):
+                out[f"{b}.q{k}"] = q
+                out[f"{b}.l{k}"] = lam
+        return out
+
+    def meta(self) -> dict:
+        return {"factors": [len(ls) for ls in self.kd.eigenvalues], "damping": bool(self.kd.damping)}
+
+    @classmethod
+    def from_tensors(cls, tensors, meta):
+        from laplace.utils.matrix import KronDecomposed
+
+        vecs = [[tensors[f"{b}.q{k}"] for k in range(n)] for b, n in enumerate(meta["factors"])]
+        vals = [[tensors[f"{b}.l{k}"] for k in range(n)] for b, n in enumerate(meta["factors"])]
+        return cls(KronDecomposed(vecs, vals, tensors["deltas"], damping=meta["damping"]))
+
+    @classmethod
+    def from_precision(cls, precision) -> tuple[KronFactor, float]:
+        """Wrap a ``KronDecomposed`` precision, adding jitter to δ_b if a block is not PD."""
+        from laplace.utils.matrix import KronDecomposed
+
+        kd = precision.detach()
+
+        def make(eps: float):
+            deltas = kd.deltas + eps
+            for ls, delta in zip(kd.eigenvalues, deltas):
+                if len(ls) == 1:
+                    lam = ls[0] + delta
+                elif kd.damping:
+                    lam = torch.outer(ls[0] + delta.sqrt(), ls[1] + delta.sqrt())
+                else:
+                    lam = torch.outer(ls[0], ls[1]) + delta
+                if not (torch.isfinite(lam).all() and (lam > 0).all()):
+                    raise _NotPositiveDefinite
+            return KronDecomposed(kd.eigenvectors, kd.eigenvalues, deltas, damping=kd.damping)
+
+        decomposed, eps = _with_jitter(make, float(kd.diag().mean()), "Kronecker")
+        return cls(decomposed), eps
+
+
+_FACTORS: dict[str, type[GaussianFactor]] = {f.structure: f for f in (DenseFactor, DiagFactor, KronFactor)}
+
+
+class _NotPositiveDefinite(Exception):
+    pass
+
+
+def _with_jitter(make: Callable[[float], T], mean_diag: float, what: str) -> tuple[T, float]:
+    """``make(0)``; if the precision is not positive definite, ``make(ε)`` with ε = 1e-6 ·
+    mean(diag) growing ×10 up to :data:`JITTER_TRIES` times, warning each time."""
+    try:
+        return make(0.0), 0.0
+    except _NotPositiveDefinite:
+        pass
+    scale = mean_diag if math.isfinite(mean_diag) and mean_diag > 0 else 1.0
+    eps = 1e-6 * scale
+    for _ in range(JITTER_TRIES):
+        warnings.warn(
+            f"laplace: the {what} posterior precision is not positive definite; "
+            f"adding jitter {eps:.3g} to its diagonal",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        try:
+            return make(eps), eps
+        except _NotPositiveDefinite:
+            eps *= 10
+    raise torch.linalg.LinAlgError(
+        f"laplace: the {what} posterior precision is not positive definite even with jitter "
+        f"{eps / 10:.3g} (= 1e-2 × its mean diagonal {scale:.3g}); the Hessian has NaN/Inf "
+        "entries or the prior precision is too small — pass a larger float `prior`, or check "
+        "that the anchor is a converged MAP"
+    )
+
+
+# --- the networks handed to laplace-torch -------------------------------------------------------
+
+#: key under which laplace-torch finds the labels (and, as ``dict_key_x``, the batch size) in a
+#: dict batch; inputs are the other keys, task extras (e.g. a choice mask) are prefixed
+_LABELS = "labels"
+_EXTRA = "extra."
+
+
+def to_laplace_batch(batch: Batch) -> UserDict:
+    """A task batch as the flat dict laplace-torch iterates: the model inputs, ``labels``, and
+    any other entries prefixed ``extra.`` (the example ``index`` is dropped)."""
+    out = UserDict(dict(batch["inputs"]))
+    out[_LABELS] = batch["labels"]
+    for key, value in batch.items():
+        if key not in ("inputs", "labels", "index"):
+            out[_EXTRA + key] = value
+    return out
+
+
+def from_laplace_batch(x: Mapping[str, Any]) -> Batch:
+    """Inverse of :func:`to_laplace_batch`."""
+    batch: dict[str, Any] = {"inputs": {}}
+    for key, value in x.items():
+        if key == _LABELS:
+            batch["labels"] = value
+        elif key.startswith(_EXTRA):
+            batch[key[len(_EXTRA):]] = value
+        else:
+            batch["inputs"][key] = value
+    return batch
+
+
+def task_loader(task: EncodedTask, batch_size: int):
+    """A DataLoader of laplace-torch dict batches over ``task`` in order (dynamic padding kept:
+    every batch is the task's own batch of the selected examples)."""
+    from torch.utils.data import DataLoader
+
+    def collate(index: list[int]) -> UserDict:
+        sub = task.subset(torch.as_tensor(index, dtype=torch.long))
+        return to_laplace_batch(next(iter(sub.batches(len(index)))))
+
+    return DataLoader(list(range(len(task))), batch_size=batch_size, shuffle=False, collate_fn=collate)
+
+
+class LatentNet(nn.Module):
+    """Class logits as a function of one flat parameter, the latent w of ``space``.
+
+    The peft model is reached through the functional model (not registered as a submodule), so
+    ``w`` is the only parameter laplace-torch sees; ``forward`` takes a dict batch made by
+    :func:`to_laplace_batch`.
+    """
+
+    def __init__(self, fm: FunctionalModel, space: ParameterSpace, task: EncodedTask, w: Tensor):
+        super().__init__()
+        self.space = space
+        self.w = nn.Parameter(w.detach().clone().float())
+        self._fm = fm
+        self._task = task
+
+    def forward(self, x: Mapping[str, Any]) -> Tensor:
+        theta = self.space.to_theta(self.w)
+        return self._task.class_logits(self._fm.forward_at(theta), from_laplace_batch(x))
+
+
+class ModelNet(nn.Module):
+    """Class logits of the peft model itself (for K-FAC, which needs its linear layers)."""
+
+    def __init__(self, model: nn.Module, task: EncodedTask):
+        super().__init__()
+        self.model = model
+        self._task = task
+
+    def forward(self, x: Mapping[str, Any]) -> Tensor:
+        return self._task.class_logits(self.model, from_laplace_batch(x))
+
+
+def _check_kron_layers(model: nn.Module, layout: ParamLayout) -> None:
+    """K-FAC blocks are per linear layer (weight, then bias): every θ tensor must be the weight
+    or bias of an ``nn.Linear`` whose trainable tensors are exactly its weight (and bias)."""
+    owners: dict[str, set[str]] = {}
+    for name in layout.names:
+        path, leaf = name.rsplit(".", 1)
+        owners.setdefault(path, set()).add(leaf)
+    for path, leaves in owners.items():
+        module = model.get_submodule(path)
+        if not isinstance(module, nn.Linear):
+            raise ValueError(  # noqa: TRY004 - an unsupported option, not a wrong argument type
+                f"laplace: hessian='kron' needs every LoRA / head tensor in an nn.Linear, but "
+                f"{path!r} is a {type(module).__name__}; use hessian='diag'"
+            )
+        want = {"weight"} | ({"bias"} if module.bias is not None else set())
+        if leaves != want:
+            raise ValueError(
+                f"laplace: hessian='kron' needs all of {sorted(want)} of {path!r} in θ, "
+                f"got {sorted(leaves)}; use hessian='diag'"
+            )
+
+
+@contextmanager
+def _trainable_at(fm: FunctionalModel, theta: Tensor) -> Iterator[None]:
+    """Temporarily write θ into the model and switch on the gradients of θ's tensors only;
+    restore the stored tensors and freeze them again afterwards."""
+    model, layout = fm.model, fm.layout
+    params = dict(model.named_parameters())
+    saved = layout.read(model)
+    layout.write_(model, theta)
+    try:
+        for name in layout.names:
+            params[name].requires_grad_(True)
+        trainable = tuple(n for n, p in model.named_parameters() if p.requires_grad)
+        if trainable != layout.names:
+            raise ValueError(
+                "laplace: hessian='kron' needs θ's layout to list the model's trainable tensors "
+                "in the model's own order (K-FAC blocks follow model.parameters())"
+            )
+        yield
+    finally:
+        for name in layout.names:
+            params[name].requires_grad_(False)
+        layout.write_(model, saved)
+
+
+# --- the posterior --------------------------------------------------------------------------------
+
+
+class LaplacePosterior(Posterior):
+    """A Gaussian N(ŵ, Σ) over the latent of a parameter space, with a GLM or sampled predictive.
+
+    Parameters
+    ----------
+    fm: the functional model.
+    space: the parameter space (``ProjectedSpace`` or ``FullSpace``); θ = space.to_theta(w).
+    mean: the MAP latent ŵ [d].
+    factor: the posterior covariance Σ (:class:`DenseFactor`, :class:`DiagFactor`,
+        :class:`KronFactor`).
+    predictive: "glm" or "sampled" (see :class:`Predictive`).
+    link: "probit" or "mc", for the GLM predictive.
+    jacobian_batch_size: examples per Jacobian ``torch.func.jacrev`` call in the GLM predictive.
+    """
+
+    method = "laplace"
+
+    def __init__(
+        self,
+        fm: FunctionalModel,
+        space: ParameterSpace,
+        mean: Tensor,
+        factor: GaussianFactor,
+        *,
+        predictive: str = "glm",
+        link: str = "probit",
+        jacobian_batch_size: int = 4,
+        **kw,
+    ):
+        super().__init__(fm, **kw)
+        if mean.shape != (space.dim,) or factor.dim != space.dim:
+            raise ValueError(
+                f"laplace: mean {tuple(mean.shape)} and covariance (d={factor.dim}) must match "
+                f"the space's {space.dim} coordinates"
+            )
+        self.space = space
+        self.mean = mean.detach().clone().float()
+        self.factor = factor
+        self.predictive = _choice(Predictive, predictive, "predictive")
+        self.link = _choice(Link, link, "link")
+        self.jacobian_batch_size = int(jacobian_batch_size)
+        # the probit predictive is deterministic: one sample says everything
+        deterministic = self.predictive is Predictive.GLM and self.link is Link.PROBIT
+        self.default_num_samples = 1 if deterministic else 16
+
+    @property
+    def space_kind(self) -> str:
+        return self.space.kind
+
+    # --- sampling -------------------------------------------------------------------------
+    def _latents(self, n: int, seed: int) -> Tensor:
+        g = torch.Generator().manual_seed(int(seed))
+        z = torch.randn(n, self.space.dim, generator=g)
+        return self.mean + self.factor.scale(z)
+
+    def sample_thetas(self, n: int, *, seed: int = 0) -> Tensor:
+        """θ_s = g(w_s) with w_s ~ N(ŵ, Σ), drawn by a generator seeded with ``seed``."""
+        with torch.no_grad():
+            return self.space.to_theta(self._latents(n, seed))
+
+    def latent_samples(self, n: int, *, seed: int = 0) -> dict[str, Tensor]:
+        """The latents w_s [n, d] behind ``sample_thetas(n, seed=seed)``."""
+        return {"w": self._latents(n, seed)}
+
+    # --- prediction -----------------------------------------------------------------------
+    def glm_moments(self, task: EncodedTask, batch: Batch) -> tuple[Tensor, Tensor]:
+        """Logits f̂ [B, C] at ŵ and their linearised covariance J Σ Jᵀ [B, C, C] on a batch."""
+
+        def logits(w: Tensor) -> tuple[Tensor, Tensor]:
+            out = task.class_logits(self.fm.forward_at(self.space.to_theta(w)), batch)
+            return out, out
+
+        with torch.enable_grad(), _quiet_vmap_fallback():
+            jac, f = torch.func.jacrev(logits, has_aux=True)(self.mean)
+        return f.detach(), self.factor.square_form(jac.detach())
+
+    def predict(
+        self, task: EncodedTask, *, num_samples: int | None = None, seed: int = 0, batch_size: int = 64
+    ) -> Prediction:
+        """Probabilities [S, N, C]: sampled θ_s, or the GLM predictive (see the module doc).
+
+        For the GLM predictive the Jacobians are taken over batches of
+        min(``batch_size``, ``jacobian_batch_size``) examples; with ``link="mc"`` the logit
+        noise [S, N, C] is drawn up front from ``seed``, so results do not depend on batching.
+        """
+        if self.predictive is Predictive.SAMPLED:
+            return super().predict(task, num_samples=num_samples, seed=seed, batch_size=batch_size)
+        s = self._n(num_samples)
+        noise = None
+        if self.link is Link.MC:
+            g = torch.Generator().manual_seed(int(seed))
+            noise = torch.randn(s, len(task), task.num_classes, generator=g)
+        out, start = [], 0
+        for batch in task.batches(max(1, min(batch_size, self.jacobian_batch_size))):
+            f, cov = self.glm_moments(task, batch)
+            b = f.shape[0]
+            if noise is None:
+                kappa = 1.0 / torch.sqrt(1.0 + math.pi / 8 * cov.diagonal(dim1=-2, dim2=-1))
+                out.append((kappa * f).softmax(-1).expand(s, b, -1))
+            else:
+                draws = f + torch.einsum("bck,sbk->sbc", _psd_sqrt(cov), noise[:, start : start + b])
+                out.append(draws.softmax(-1))
+            start += b
+        return Prediction(torch.cat(out, dim=1).contiguous(), task.labels)
+
+    # --- persistence ----------------------------------------------------------------------
+    def state(self):
+        tensors = {"mean": self.mean}
+        tensors.update({f"factor.{k}": v for k, v in self.factor.tensors().items()})
+        meta = {
+            "space": self.space.kind,
+            "structure": self.factor.structure,
+            "factor": self.factor.meta(),
+            "predictive": self.predictive.value,
+            "link": self.link.value,
+            "jacobian_batch_size": self.jacobian_batch_size,
+        }
+        if isinstance(self.space, ProjectedSpace):
+            # the SVD bases are saved too: a core latent means nothing under other singular
+            # vector signs (another LAPACK may flip them)
+            tensors.update({f"space.{k}": v for k, v in self.space.state_dict().items()})
+            meta["include_other"] = self.space.include_other
+        return tensors, meta
+
+    @classmethod
+    def from_state(cls, fm, tensors, meta, ctx=None):
+        kind = _choice(SpaceKind, meta["space"], "space")
+        if kind is SpaceKind.PROJECTED:
+            space = ProjectedSpace(fm.model, fm.layout, include_other=meta.get("include_other", True))
+            space.load_state_dict({k[len("space."):]: v for k, v in tensors.items() if k.startswith("space.")})
+        else:
+            space = FullSpace(fm.layout)
+        factor_tensors = {k[len("factor."):]: v for k, v in tensors.items() if k.startswith("factor.")}
+        factor = _FACTORS[meta["structure"]].from_tensors(factor_tensors, meta.get("factor", {}))
+        return cls(
+            fm,
+            space,
+            tensors["mean"],
+            factor,
+            predictive=meta["predictive"],
+            link=meta["link"],
+            jacobian_batch_size=meta.get("jacobian_batch_size", 4),
+        )
+
+
+def _psd_sqrt(cov: Tensor) -> Tensor:
+    """Symmetric square roots [B, C, C] of PSD matrices (eigenvalues clamped at 0)."""
+    cov = (cov + cov.transpose(-1, -2)) / 2
+    lam, vec = torch.linalg.eigh(cov.to(torch.float64))
+    root = (vec * lam.clamp_min(0).sqrt().unsqueeze(-2)) @ vec.transpose(-1, -2)
+    return root.to(cov.dtype)
+
+
+# --- fitting -----------------------------------------------------------------------------------------
+
+
+def _subset(task: EncodedTask, subset: int | None, seed: int) -> EncodedTask:
+    if subset is None:
+        return task
+    if int(subset) < 1:
+        raise ValueError(f"laplace: subset must be ≥ 1 training examples, got {subset}")
+    if int(subset) >= len(task):
+        return task
+    g = torch.Generator().manual_seed(int(seed))
+    index = torch.randperm(len(task), generator=g)[: int(subset)].sort().values
+    return task.subset(index)
+
+
+@register("laplace", LaplacePosterior)
+def fit_laplace(
+    ctx: FitContext,
+    *,
+    space: str = "projected",
+    hessian: str | None = None,
+    prior: str | float = "marglik",
+    predictive: str = "glm",
+    link: str = "probit",
+    subset: int | None = None,
+    batch_size: int | None = None,
+    anchor: int = 0,
+    jacobian_batch_size: int = 4,
+) -> LaplacePosterior:
+    """Laplace: a Gaussian around a MAP, curvature and evidence-tuned prior from laplace-torch.
+
+    Parameters
+    ----------
+    ctx: the fit context (model, training task, anchors).
+    space: "projected" (LoRA-XS cores around ``ctx.projected_map()``) or "full" (θ around
+        ``ctx.anchors[anchor]``).
+    hessian: "full", "diag" or "kron"; default "full" on the projected space, "kron" on the full
+        space. Unsupported: "kron" on the projected space (a flat latent has no layers) and
+        "full" on a space of more than :data:`MAX_DENSE_DIM` coordinates.
+    prior: "marglik" (scalar prior precision maximising the Laplace evidence, laplace-torch's
+        ``optimize_prior_precision``) or a fixed prior precision λ ≥ 0.
+    predictive: "glm" or "sampled".
+    link: "probit" or "mc" (GLM predictive only).
+    subset: fit the Hessian on this many training examples (a sample seeded by ``ctx.seed``);
+        curvature and log-likelihood are scaled by N / subset (laplace-torch's temperature).
+    batch_size: examples per curvature batch; default 32 for "kron" (one K-FAC pass per
+        batch) and ``jacobian_batch_size`` otherwise (Jacobians cost grows with the batch).
+    anchor: which anchor is the MAP of the full space.
+    jacobian_batch_size: examples per Jacobian in the GLM predictive.
+    """
+    from laplace import Laplace
+    from laplace.curvature import CurvlinopsGGN, GGNInterface
+
+    start = time.perf_counter()
+    kind = _choice(SpaceKind, space, "space")
+    hessian = hessian or ("full" if kind is SpaceKind.PROJECTED else "kron")
+    structure = _choice(HessianStructure, hessian, "hessian")
+    _choice(Predictive, predictive, "predictive")
+    _choice(Link, link, "link")
+    if isinstance(prior, str):
+        if prior != "marglik":
+            raise ValueError(f"laplace: prior must be 'marglik' or a float ≥ 0, got {prior!r}")
+    elif not (isinstance(prior, (int, float)) and math.isfinite(prior) and prior >= 0):
+        raise ValueError(f"laplace: a fixed prior precision must be a float ≥ 0, got {prior!r}")
+
+    fm = ctx.fm
+    if kind is SpaceKind.PROJECTED:
+        if structure is HessianStructure.KRON:
+            raise ValueError(
+                "laplace: hessian='kron' is not supported on the projected space: its latent is one "
+                "flat vector with no linear layers to factor (K-FAC would reduce to one dense "
+                "block); use hessian='full' there (d is small), or space='full' for K-FAC over the "
+                "LoRA tensors"
+            )
+        param_space: ParameterSpace = ctx.projected_space()
+        mean = ctx.projected_map()
+    else:
+        param_space = FullSpace(fm.layout)
+        mean = ctx.require_anchors(anchor + 1)[anchor]
+    d = param_space.dim
+    if structure is HessianStructure.FULL and d > MAX_DENSE_DIM:
+        raise ValueError(
+            f"laplace: hessian='full' over the {kind.value} space would build a dense {d} × {d} "
+            f"precision ({d * d * 4 / 2**30:.1f} GiB per float32 copy, several copies); it is "
+            f"limited to d ≤ {MAX_DENSE_DIM}. Use space='projected' for a dense Hessian, or "
+            "hessian='kron' / 'diag' over the full space"
+        )
+
+    train = _subset(ctx.train, subset, ctx.seed)
+    n, n_total = len(train), len(ctx.train)
+    bs = batch_size or (32 if structure is HessianStructure.KRON else jacobian_batch_size)
+    if bs < 1:
+        raise ValueError(f"laplace: batch_size must be ≥ 1, got {bs}")
+    loader = task_loader(train, bs)
+
+    def run(net: nn.Module, backend):
+        la = Laplace(
+            net,
+            "classification",
+            subset_of_weights="all",
+            hessian_structure=structure.value,
+            backend=backend,
+            dict_key_x=_LABELS,  # laplace-torch only reads dict_key_x for the batch size
+            dict_key_y=_LABELS,
+            temperature=n / n_total,
+        )
+        t0 = time.perf_counter()
+        with _quiet_vmap_fallback():
+            la.fit(loader, progress_bar=ctx.progress)
+        t1 = time.perf_counter()
+        if prior == "marglik":
+            with warnings.catch_warnings():
+                # laplace-torch reminds that the probit link is the default of its own predictive
+                warnings.filterwarnings("ignore", message=".*link_approx.*")
+                la.optimize_prior_precision(method="marglik", pred_type="glm", prior_structure="scalar")
+        else:
+            la.prior_precision = float(prior)
+        t2 = time.perf_counter()
+        lml = float(la.log_marginal_likelihood().detach())
+        if la.n_params != d or not torch.allclose(la.mean.float(), mean.float()):
+            raise RuntimeError("laplace: laplace-torch's mean is not the MAP latent (parameter order?)")
+        factor_cls = _FACTORS[structure.value]
+        factor, jitter = factor_cls.from_precision(la.posterior_precision)
+        prior_prec = la.prior_precision.detach().reshape(-1)
+        return factor, jitter, lml, prior_prec, t1 - t0, t2 - t1
+
+    if structure is HessianStructure.KRON:
+        _check_kron_layers(fm.model, fm.layout)
+        with _trainable_at(fm, mean):
+            out = run(ModelNet(fm.model, train), CurvlinopsGGN)
+    else:
+        out = run(LatentNet(fm, param_space, train, mean), GGNInterface)
+    factor, jitter, lml, prior_prec, fit_s, prior_s = out
+
+    options = {
+        "space": kind.value,
+        "hessian": structure.value,
+        "prior": prior,
+        "predictive": predictive,
+        "link": link,
+        "subset": subset,
+        "batch_size": bs,
+        "anchor": anchor if kind is SpaceKind.FULL else None,
+        "jacobian_batch_size": jacobian_batch_size,
+    }
+    stats = {
+        "prior_precision": prior_prec.item() if prior_prec.numel() == 1 else prior_prec.tolist(),
+        "log_marginal_likelihood": lml,
+        "hessian": structure.value,
+        "space": kind.value,
+        "n_params": d,
+        "n_data": n,
+        "n_train": n_total,
+        "fit_seconds": fit_s,
+        "prior_seconds": prior_s,
+        "jitter": jitter,
+    }
+    if kind is SpaceKind.PROJECTED and "projected_map_seconds" in ctx.cache:
+        stats["map_seconds"] = ctx.cache["projected_map_seconds"]
+    post = LaplacePosterior(
+        fm,
+        param_space,
+        mean,
+        factor,
+        predictive=predictive,
+        link=link,
+        jacobian_batch_size=jacobian_batch_size,
+        options=options,
+        info=FitInfo(time.perf_counter() - start, (), stats),
+    )
+    return post
