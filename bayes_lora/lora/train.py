@@ -191,3 +191,20 @@ def fine_tune(
 def head_names(layout: ParamLayout) -> tuple[str, ...]:
     """Trainable tensors that are not LoRA factors (e.g. the classification head)."""
     return tuple(n for n in layout.names if not is_lora_factor(n))
+
+
+def fine_tune_anchors(
+    fm: FunctionalModel,
+    space: ParameterSpace,
+    task: EncodedTask,
+    seeds: "list[int] | tuple[int, ...]",
+    config: TrainConfig = TrainConfig(),
+    *,
+    progress: bool = False,
+) -> tuple[Tensor, list[TrainResult]]:
+    """M independent optima, one per seed (fresh init and batch order each): [M, d] and results."""
+    if len(seeds) < 1 or len(set(seeds)) != len(seeds):
+        raise ValueError(f"anchors need distinct seeds, got {list(seeds)}")
+    results = [fine_tune(fm, space, task, TrainConfig(**{**config.__dict__, "seed": int(s)}), progress=progress)
+               for s in seeds]
+    return torch.stack([r.latent for r in results]), results
