@@ -66,7 +66,7 @@ class FitContext:
     train: EncodedTask
     anchors: Tensor | None = None
     train_config: TrainConfig = field(default_factory=TrainConfig)
-    projected_lr: float = 5e-3
+    projected_lr: float = 2e-2
     seed: int = 0
     progress: bool = False
     metadata: dict = field(default_factory=dict)

@@ -1,0 +1,115 @@
+"""MC dropout on the LoRA path (BayesLoRA, v1 of arXiv 2506.22809; Gal & Ghahramani 2016).
+
+peft applies dropout to the input of every LoRA branch, ΔW x → B A dropout_p(x). BayesLoRA keeps
+that dropout on at prediction and averages S stochastic passes at the fine-tuned adapter θ̂:
+
+    p(y | x) ≈ (1/S) Σ_s softmax f(x; θ̂, mask_s),      mask_s ~ Bernoulli(1 − p), scaled 1/(1 − p)
+
+Only the LoRA dropout modules are switched to training mode (the frozen backbone's own dropout
+stays off), with rate ``p`` whatever rate the model was built with (a model built with
+``lora_dropout=0`` holds ``nn.Identity`` there, which is swapped for ``nn.Dropout(p)``); the
+model is restored afterwards. Sample s runs under ``torch.manual_seed(seed + s)`` inside a
+forked RNG, so the same seed gives the same masks and the caller's RNG state is untouched.
+
+There are no LoRA vectors to sample: the randomness is in the activations, so
+:meth:`MCDropoutPosterior.sample_thetas` raises.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor, nn
+
+from ..lora.params import FunctionalModel
+from ..types import EncodedTask, FitInfo, Prediction
+from .base import FitContext, Posterior
+from .registry import register
+
+
+def lora_dropout_modules(model: nn.Module) -> list[tuple[nn.ModuleDict, str]]:
+    """(ModuleDict, adapter name) of every peft LoRA dropout of ``model``."""
+    out = []
+    for module in model.modules():
+        drop = getattr(module, "lora_dropout", None)
+        if isinstance(drop, nn.ModuleDict):
+            out.extend((drop, key) for key in drop)
+    return out
+
+
+@contextlib.contextmanager
+def lora_dropout(model: nn.Module, p: float) -> Iterator[int]:
+    """Within the block, every LoRA dropout of ``model`` is an active ``nn.Dropout(p)``
+    (``nn.Identity`` when p = 0); the original modules and their training flags come back on
+    exit. Yields the number of dropout sites."""
+    if not 0 <= p < 1:
+        raise ValueError(f"dropout rate p must be in [0, 1), got {p}")
+    sites = lora_dropout_modules(model)
+    if not sites:
+        raise ValueError("the model has no LoRA dropout modules (lora_dropout); is it a peft LoRA model?")
+    saved = [(holder, key, holder[key], holder[key].training) for holder, key in sites]
+    try:
+        for holder, key, _, _ in saved:
+            holder[key] = nn.Dropout(p).train() if p > 0 else nn.Identity().eval()
+        yield len(saved)
+    finally:
+        for holder, key, old, training in saved:
+            holder[key] = old
+            old.train(training)
+
+
+class MCDropoutPosterior(Posterior):
+    """S stochastic forward passes at θ̂ with LoRA dropout of rate ``p`` kept on.
+
+    Attributes
+    ----------
+    theta: the adapter θ̂ [D] the passes are made at.
+    p: the LoRA dropout rate used at prediction.
+    """
+
+    method = "mc_dropout"
+    default_num_samples = 16
+
+    def __init__(self, fm: FunctionalModel, theta: Tensor, p: float = 0.1, **kw):
+        super().__init__(fm, **kw)
+        if not 0 <= p < 1:
+            raise ValueError(f"dropout rate p must be in [0, 1), got {p}")
+        self.theta = theta.detach().clone()
+        self.p = float(p)
+
+    def sample_thetas(self, n: int, *, seed: int = 0) -> Tensor:
+        raise NotImplementedError(
+            "mc_dropout samples dropout masks on the LoRA activations, not LoRA vectors θ; "
+            "use predict() for its samples (theta holds the single adapter)"
+        )
+
+    @torch.no_grad()
+    def predict(
+        self, task: EncodedTask, *, num_samples: int | None = None, seed: int = 0, batch_size: int = 64
+    ) -> Prediction:
+        """Probabilities [S, N, C]: pass s over the whole task with masks seeded by ``seed + s``."""
+        n = self._n(num_samples)
+        forward = self.fm.forward_at(self.theta)
+        out = []
+        with lora_dropout(self.fm.model, self.p):
+            for s in range(n):
+                with torch.random.fork_rng():
+                    torch.manual_seed(int(seed) + s)
+                    probs = [task.class_logits(forward, b).softmax(-1) for b in task.batches(batch_size)]
+                out.append(torch.cat(probs))
+        return Prediction(torch.stack(out), task.labels)
+
+    def state(self):
+        return {"theta": self.theta}, {"p": self.p}
+
+    @classmethod
+    def from_state(cls, fm, tensors, meta, ctx=None):
+        return cls(fm, tensors["theta"], p=meta["p"])
+
+
+@register("mc_dropout", MCDropoutPosterior)
+def fit_mc_dropout(ctx: FitContext, *, p: float = 0.1, anchor: int = 0) -> MCDropoutPosterior:
+    """MC dropout (BayesLoRA): LoRA dropout of rate ``p`` on at prediction, at anchor ``anchor``."""
+    theta = ctx.require_anchors(anchor + 1)[anchor]
+    return MCDropoutPosterior(ctx.fm, theta, p=p, options={"p": p, "anchor": anchor}, info=FitInfo(0.0))
