@@ -1,0 +1,108 @@
+"""``bayes-lora`` / ``python -m bayes_lora``: run a config, or tabulate finished runs.
+
+    bayes-lora run [CONFIG] [--out DIR] [--data-dir DIR] [--smoke] [--debug]
+    bayes-lora compare DIR [DIR ...]
+
+Bad input (a config error, a missing data file, mismatched anchors, ...) ends with exit code 2
+and one message naming what is wrong; ``--debug`` shows the traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from importlib import resources
+from pathlib import Path
+
+#: errors that mean "your input is wrong", not "bayes_lora is broken"
+EXIT_BAD_INPUT = 2
+
+
+def default_config_path() -> Path:
+    """The embedded default config (the same file as ``configs/default.toml``)."""
+    return Path(str(resources.files("bayes_lora.experiment") / "default.toml"))
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bayes-lora", description="Bayesian inference over LoRA adapters.")
+    sub = p.add_subparsers(dest="command")
+    r = sub.add_parser("run", help="run a config's staged pipeline (re-runs skip finished stages)")
+    r.add_argument("config", nargs="?", default=None, help="TOML config (default: the embedded default)")
+    r.add_argument("--out", default=None, help="output folder (default: runs/<config name>)")
+    r.add_argument("--data-dir", default=None, help="folder holding sst2/, arc_easy/, ... (default: "
+                   "$BAYES_LORA_DATA_DIR or ../shared/data)")
+    r.add_argument("--smoke", action="store_true", help="the same stages at toy sizes (seconds)")
+    r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.add_argument("--debug", action="store_true", help="show tracebacks")
+    c = sub.add_parser("compare", help="tabulate finished runs")
+    c.add_argument("dirs", nargs="+")
+    c.add_argument("--csv", default=None, help="also write the table as CSV")
+    c.add_argument("--debug", action="store_true")
+    return p
+
+
+def _bad_input_types():
+    from ..lora.train import NumericalError
+
+    return (ValueError, FileNotFoundError, NotADirectoryError, KeyError, NumericalError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
+        argv = ["run", *argv]
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "compare":
+            return _compare(args)
+        return _run(args)
+    except KeyboardInterrupt:
+        print("interrupted: finished stages are kept; run the same command again to resume", file=sys.stderr)
+        return 130
+    except _bad_input_types() as e:
+        if args.debug:
+            traceback.print_exc()
+        msg = str(e).strip("'\"") or type(e).__name__
+        print(f"error: {msg}", file=sys.stderr)
+        if not args.debug:
+            print("(run with --debug for the traceback)", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+def _run(args) -> int:
+    from .config import load_config
+    from .runner import Runner
+
+    path = Path(args.config) if args.config else default_config_path()
+    cfg = load_config(path)
+    out = Path(args.out) if args.out else Path("runs") / (cfg.name + ("-smoke" if args.smoke else ""))
+    data_dir = args.data_dir
+    if data_dir is None and (Path.cwd().parent / "shared" / "data").is_dir():
+        data_dir = str(Path.cwd().parent / "shared" / "data")
+    runner = Runner(cfg, out, data_dir=data_dir, smoke=args.smoke, progress=False if args.quiet else None)
+    results = runner.run()
+    from .report import markdown_table, results_table
+
+    print(markdown_table(results_table(results), ("ood_auroc",) if results.get("ood_task") else ()))
+    return 0
+
+
+def _compare(args) -> int:
+    from ..lora.io import atomic_write_bytes
+    from .report import COLUMNS, compare_runs
+
+    rows = compare_runs(args.dirs)
+    cols = ["run", "method", "accuracy", "nll", "ece", "brier", "mutual_information", "fit_seconds"]
+    print(" | ".join(cols))
+    for r in rows:
+        print(" | ".join(f"{r[c]:.4f}" if isinstance(r.get(c), float) else str(r.get(c)) for c in cols))
+    if args.csv:
+        import csv
+        import io
+
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=["run", "task", "method", *COLUMNS])
+        w.writeheader()
+        w.writerows(rows)
+        atomic_write_bytes(args.csv, buf.getvalue().encode())
+    return 0

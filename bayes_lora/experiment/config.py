@@ -1,0 +1,424 @@
+"""The declarative experiment config (TOML), validated on load.
+
+One frozen dataclass per TOML table. Every field states its type and what values it allows;
+:func:`load_config` / :meth:`ExperimentConfig.from_dict` reject an unknown key, a wrong type or
+an out-of-range value with a :class:`ConfigError` that names the key (``anchors.count``) and
+what is allowed. Configs are parsed with :mod:`tomllib`, never evaluated.
+
+>>> cfg = ExperimentConfig.from_dict({"anchors": {"count": 2}, "methods": {"map": {}}})
+>>> cfg.anchors.count, list(cfg.methods)
+(2, ['map'])
+"""
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import math
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping, get_args, get_origin, get_type_hints
+
+TASKS = ("sst2", "arc_easy", "arc_challenge", "openbookqa")
+SPLITS = ("train", "dev", "test")
+
+
+class ConfigError(ValueError):
+    """A config that cannot be run; the message names the key and what is allowed."""
+
+
+def _spec(*, ge=None, gt=None, le=None, lt=None, choices=None, doc: str = "", nonempty=False, **kw):
+    meta = {"ge": ge, "gt": gt, "le": le, "lt": lt, "choices": choices, "doc": doc, "nonempty": nonempty}
+    return field(metadata=meta, **kw)
+
+
+def _type_name(tp) -> str:
+    origin = get_origin(tp)
+    if origin in (list, tuple):
+        (inner, *_) = get_args(tp) or (Any,)
+        return f"a list of {_type_name(inner)}"
+    if origin is not None and type(None) in get_args(tp):
+        return " or ".join(_type_name(a) for a in get_args(tp) if a is not type(None))
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
+
+
+def _coerce(value: Any, tp, key: str):
+    """``value`` as type ``tp`` or a ConfigError naming ``key``."""
+    origin = get_origin(tp)
+    args = get_args(tp)
+    if origin is not None and type(None) in args:  # Optional[X]
+        if value is None:
+            return None
+        (tp,) = [a for a in args if a is not type(None)]
+        return _coerce(value, tp, key)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be {_type_name(tp)}, got {value!r}")
+        inner = args[0] if args else Any
+        return tuple(_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{key} must be a finite number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} must be a string, got {value!r}")
+        return value
+    if tp is dict or get_origin(tp) is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key} must be a table, got {value!r}")
+        return dict(value)
+    return value
+
+
+def _check_range(value, meta: Mapping, key: str) -> None:
+    items = value if isinstance(value, tuple) else (value,)
+    if meta.get("nonempty") and isinstance(value, tuple) and not value:
+        raise ConfigError(f"{key} must not be empty")
+    for v in items:
+        if v is None:
+            continue
+        if meta.get("choices") is not None and v not in meta["choices"]:
+            raise ConfigError(f"{key} must be one of {list(meta['choices'])}, got {v!r}")
+        for op, bound, word in (("ge", meta.get("ge"), "≥"), ("gt", meta.get("gt"), ">"),
+                                ("le", meta.get("le"), "≤"), ("lt", meta.get("lt"), "<")):
+            if bound is None or isinstance(v, str):
+                continue
+            ok = {"ge": v >= bound, "gt": v > bound, "le": v <= bound, "lt": v < bound}[op]
+            if not ok:
+                raise ConfigError(f"{key} must be {word} {bound}, got {v!r}")
+
+
+def build(cls, data: Mapping[str, Any] | None, where: str):
+    """An instance of the dataclass ``cls`` from a TOML table, validated key by key."""
+    data = {} if data is None else data
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"[{where}] must be a table, got {data!r}")
+    hints = get_type_hints(cls)
+    allowed = [f.name for f in fields(cls)]
+    unknown = sorted(set(data) - set(allowed))
+    if unknown:
+        raise ConfigError(f"unknown key {where}.{unknown[0]}; allowed keys in [{where}]: {', '.join(allowed)}")
+    kwargs = {}
+    for f in fields(cls):
+        if f.name not in data:
+            continue
+        key = f"{where}.{f.name}"
+        value = _coerce(data[f.name], hints[f.name], key)
+        _check_range(value, f.metadata, key)
+        kwargs[f.name] = value
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"[{where}]: {e}") from None
+
+
+# --------------------------------------------------------------------------------------------
+# The tables
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = _spec(default="all-MiniLM-L6-v2", doc="a name in KNOWN_MODELS or a local folder")
+    kind: str = _spec(default="classifier", choices=("classifier", "causal_lm"))
+    max_length: int = _spec(default=64, ge=8, le=4096)
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    r: int = _spec(default=8, ge=1, le=1024)
+    alpha: float = _spec(default=16.0, gt=0)
+    dropout: float = _spec(default=0.0, ge=0, lt=1)
+    target_modules: tuple[str, ...] = _spec(default=("query", "value"), nonempty=True)
+    layers: tuple[int, ...] = _spec(default=(), ge=0, doc="adapted layers; empty = all")
+    train_head: bool = _spec(default=True)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    task: str = _spec(default="sst2", choices=TASKS)
+    train_examples: int = _spec(default=2000, ge=1)
+    test_split: str = _spec(default="test", choices=SPLITS)
+    test_examples: int = _spec(default=0, ge=0, doc="0 = the whole split")
+    min_words: int = _spec(default=5, ge=0, doc="SST-2 only: keep sentences of at least this many words")
+    ood_task: str = _spec(default="", choices=("",) + TASKS, doc="'' = no OOD evaluation")
+    ood_split: str = _spec(default="test", choices=SPLITS)
+    ood_examples: int = _spec(default=0, ge=0)
+
+
+@dataclass(frozen=True)
+class AnchorsConfig:
+    count: int = _spec(default=3, ge=1, le=64)
+    seeds: tuple[int, ...] = _spec(default=(), ge=0, doc="one per anchor; empty = seed, seed+1, …")
+    epochs: float = _spec(default=1.0, gt=0)
+    lr: float = _spec(default=5e-4, gt=0)
+    batch_size: int = _spec(default=16, ge=1)
+    weight_decay: float = _spec(default=0.0, ge=0)
+    max_steps: int = _spec(default=0, ge=0, doc="0 = no limit")
+
+
+@dataclass(frozen=True)
+class CurveSection:
+    degree: int = _spec(default=2, ge=2, le=8)
+    anchored: bool = _spec(default=True)
+    epochs: float = _spec(default=1.0, gt=0)
+    lr: float = _spec(default=5e-3, gt=0)
+    batch_size: int = _spec(default=16, ge=1)
+    js_weight: float = _spec(default=0.1, ge=0)
+    js_points: int = _spec(default=2, ge=2)
+    js_batch: int = _spec(default=8, ge=1)
+    perturbation: str = _spec(default="gaussian", choices=("none", "gaussian", "sam"))
+    sigma: float = _spec(default=1e-3, ge=0)
+    rho: float = _spec(default=0.05, ge=0)
+    init_noise: float = _spec(default=0.0, ge=0)
+    max_steps: int = _spec(default=0, ge=0, doc="0 = no limit")
+    path_points: int = _spec(default=11, ge=3, le=201)
+    path_examples: int = _spec(default=0, ge=0, doc="test examples the paths are evaluated on; 0 = all")
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    num_samples: int = _spec(default=8, ge=1, le=4096)
+    batch_size: int = _spec(default=64, ge=1)
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    prefix_cache: bool = _spec(default=True, doc="reuse the hidden states below the first adapted layer")
+    threads: int = _spec(default=0, ge=0, doc="torch threads; 0 = torch's default")
+    progress: bool = _spec(default=True)
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """One row of the comparison: a registered backend and its options."""
+
+    label: str
+    method: str
+    options: dict = field(default_factory=dict)
+
+
+#: options the runner supplies itself and a config must not set
+_RESERVED = {"ctx", "curve"}
+
+
+def _method_config(label: str, table: Any) -> MethodConfig:
+    from ..inference.registry import available_methods, get_backend
+
+    where = f"methods.{label}"
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"[{where}] must be a table of options, got {table!r}")
+    table = dict(table)
+    method = table.pop("method", label)
+    if method not in available_methods():
+        raise ConfigError(f"{where}.method: unknown inference method {method!r}; known: {', '.join(available_methods())}"
+                          + ("" if "method" in table else " (name the backend with method = \"…\")"))
+    sig = inspect.signature(get_backend(method).fit)
+    allowed = [n for n, p in sig.parameters.items() if n not in _RESERVED and p.kind == p.KEYWORD_ONLY]
+    for key, value in table.items():
+        if key not in allowed:
+            raise ConfigError(f"unknown key {where}.{key}; options of {method!r}: {', '.join(allowed)}")
+        default = sig.parameters[key].default
+        if "|" in str(sig.parameters[key].annotation) or default is None:
+            continue  # a union (e.g. str | float): the backend checks it
+        if isinstance(default, bool) and not isinstance(value, bool):
+            raise ConfigError(f"{where}.{key} must be true or false, got {value!r}")
+        if isinstance(default, (int, float)) and not isinstance(default, bool):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"{where}.{key} must be a number, got {value!r}")
+            if isinstance(default, int) and isinstance(value, float) and not value.is_integer():
+                raise ConfigError(f"{where}.{key} must be an integer, got {value!r}")
+        if isinstance(default, str) and not isinstance(value, str):
+            raise ConfigError(f"{where}.{key} must be a string, got {value!r}")
+    return MethodConfig(label, method, table)
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """A whole run: what to fine-tune, which curve to train, which posteriors to compare."""
+
+    seed: int = 0
+    name: str = "experiment"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    anchors: AnchorsConfig = field(default_factory=AnchorsConfig)
+    curve: CurveSection = field(default_factory=CurveSection)
+    posterior: dict = field(default_factory=dict)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    methods: dict = field(default_factory=dict)  # label → MethodConfig
+
+    TABLES = {"model": ModelConfig, "lora": LoraConfig, "data": DataConfig, "anchors": AnchorsConfig,
+              "curve": CurveSection, "evaluation": EvaluationConfig, "runtime": RuntimeConfig}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "ExperimentConfig":
+        from ..models.spec import CurvePosteriorSpec
+
+        if not isinstance(d, Mapping):
+            raise ConfigError(f"a config is a table, got {type(d).__name__}")
+        allowed = ["seed", "name", "posterior", "methods", *cls.TABLES]
+        unknown = sorted(set(d) - set(allowed))
+        if unknown:
+            raise ConfigError(f"unknown key {unknown[0]!r} at the top of the config; allowed: {', '.join(allowed)}")
+        kw: dict[str, Any] = {}
+        if "seed" in d:
+            kw["seed"] = _coerce(d["seed"], int, "seed")
+            _check_range(kw["seed"], {"ge": 0}, "seed")
+        if "name" in d:
+            kw["name"] = _coerce(d["name"], str, "name")
+        for name, sub in cls.TABLES.items():
+            kw[name] = build(sub, d.get(name), name)
+        posterior = _coerce(d.get("posterior", {}), dict, "posterior")
+        try:
+            CurvePosteriorSpec.from_dict(posterior)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"[posterior]: {e}") from None
+        kw["posterior"] = posterior
+        methods = _coerce(d.get("methods", {}), dict, "methods")
+        kw["methods"] = {label: _method_config(label, table) for label, table in methods.items()}
+        cfg = cls(**kw)
+        cfg.check()
+        return cfg
+
+    def check(self) -> None:
+        """Cross-table checks (each names the keys involved)."""
+        if not self.methods:
+            raise ConfigError("[methods] is empty: name at least one method to fit, e.g. [methods.map]")
+        a = self.anchors
+        if a.seeds and len(a.seeds) != a.count:
+            raise ConfigError(f"anchors.seeds has {len(a.seeds)} seeds but anchors.count = {a.count}")
+        if len(set(self.anchor_seeds)) != len(self.anchor_seeds):
+            raise ConfigError(f"anchors.seeds must be distinct, got {list(self.anchor_seeds)}")
+        if self.needs_curve and a.count < 2:
+            raise ConfigError(f"a curve needs at least two anchors (its end points), but anchors.count = {a.count}; "
+                              "set anchors.count ≥ 2 or remove the curve methods")
+        for m in self.methods.values():
+            if m.method == "ensemble" and int(m.options.get("members", a.count) or a.count) > a.count:
+                raise ConfigError(f"methods.{m.label}.members = {m.options['members']} but only "
+                                  f"anchors.count = {a.count} anchors are trained")
+        if self.model.kind == "causal_lm" and self.data.task == "sst2":
+            raise ConfigError("model.kind = 'causal_lm' scores multiple-choice tasks; data.task = 'sst2' needs "
+                              "model.kind = 'classifier'")
+        if self.data.ood_task and (self.data.ood_task == "sst2" or self.model.kind == "classifier"):
+            raise ConfigError("data.ood_task must be a multiple-choice task scored by the same causal LM "
+                              f"(model.kind = 'causal_lm'); got data.ood_task = {self.data.ood_task!r} with "
+                              f"model.kind = {self.model.kind!r}")
+        if self.model.kind == "classifier" and self.data.task != "sst2":
+            raise ConfigError(f"data.task = {self.data.task!r} is multiple choice: set model.kind = 'causal_lm'")
+
+    # ----------------------------------------------------------------------------------------
+    @property
+    def anchor_seeds(self) -> tuple[int, ...]:
+        return self.anchors.seeds or tuple(self.seed + i for i in range(self.anchors.count))
+
+    @property
+    def needs_curve(self) -> bool:
+        return any(m.method == "curve" for m in self.methods.values())
+
+    def to_dict(self) -> dict:
+        d = {"seed": self.seed, "name": self.name}
+        for name in self.TABLES:
+            d[name] = _plain(asdict(getattr(self, name)))
+        d["posterior"] = _plain(self.posterior)
+        d["methods"] = {label: {"method": m.method, **_plain(m.options)} for label, m in self.methods.items()}
+        return d
+
+    def digest(self, *parts: str) -> str:
+        """A short hash of the named parts of the config (all of it when none are named)."""
+        d = self.to_dict()
+        sel = d if not parts else {p: _select(d, p) for p in parts}
+        return hash_json(sel)
+
+    def with_overrides(self, **tables: Mapping[str, Any]) -> "ExperimentConfig":
+        """A copy with some keys of some tables replaced (validated again)."""
+        d = self.to_dict()
+        for name, values in tables.items():
+            if isinstance(d.get(name), dict):
+                d[name] = {**d[name], **values}
+            else:
+                d[name] = values
+        return ExperimentConfig.from_dict(d)
+
+
+def _select(d: Mapping, dotted: str):
+    cur: Any = d
+    for part in dotted.split("."):
+        cur = cur.get(part) if isinstance(cur, Mapping) else None
+    return cur
+
+
+def _plain(obj):
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def hash_json(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(_plain(obj), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    """Parse and validate a TOML config (never evaluated)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path} is not valid TOML: {e}") from None
+    return ExperimentConfig.from_dict(data)
+
+
+# --------------------------------------------------------------------------------------------
+# Smoke mode: the same pipeline, tiny sizes
+# --------------------------------------------------------------------------------------------
+_SMOKE_METHOD = {
+    "curve": {"num_samples": 8, "warmup": 4, "num_chains": 2, "svi_steps": 10, "grid_points": 21},
+    "swag": {"snapshots": 3, "collect_every": 1},
+    "vi": {"steps": 5},
+    "laplace": {"subset": 16},
+}
+
+
+def smoke(cfg: ExperimentConfig) -> ExperimentConfig:
+    """The same config at toy sizes: every stage runs, in seconds, on the real model."""
+    methods = {}
+    for label, m in cfg.methods.items():
+        sig = inspect.signature(_fit_fn(m.method)).parameters
+        small = {k: v for k, v in _SMOKE_METHOD.get(m.method, {}).items() if k in sig}
+        opts = {**m.options}
+        for k, v in small.items():
+            opts[k] = min(opts.get(k, v), v) if isinstance(v, (int, float)) else v
+        methods[label] = {"method": m.method, **opts}
+    return cfg.with_overrides(
+        data={"train_examples": min(cfg.data.train_examples, 48), "test_examples": 32, "ood_examples": 32},
+        anchors={"max_steps": 3, "batch_size": 8},
+        curve={"max_steps": 3, "batch_size": 8, "path_points": 3, "path_examples": 32},
+        evaluation={"num_samples": 2},
+        methods=methods,
+    )
+
+
+def _fit_fn(method: str):
+    from ..inference.registry import get_backend
+
+    return get_backend(method).fit
+
+
+__all__ = ["ConfigError", "ExperimentConfig", "MethodConfig", "build", "hash_json", "load_config", "smoke"]

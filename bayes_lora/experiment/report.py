@@ -1,0 +1,160 @@
+"""The outputs of a run: results.json / results.csv, idata/*.nc, figures/*.png and report.md."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+from ..lora.io import atomic_write_bytes, atomic_write_json, load_tensors
+from .evaluate import METRICS
+
+#: columns of results.csv and of the report's table, in order
+COLUMNS = (*METRICS, "ood_auroc", "fit_seconds", "predict_seconds", "num_samples")
+
+
+def results_table(results: dict) -> list[dict[str, Any]]:
+    """One row per method: ``{"method": label, <COLUMNS>}`` (missing values are None)."""
+    return [{"method": label, **{c: m.get(c) for c in COLUMNS}} for label, m in results["methods"].items()]
+
+
+def to_csv(rows: list[dict]) -> bytes:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=["method", *COLUMNS])
+    w.writeheader()
+    for r in rows:
+        w.writerow(r)
+    return buf.getvalue().encode()
+
+
+def markdown_table(rows: list[dict], extra: tuple[str, ...] = ()) -> str:
+    cols = ["accuracy", "nll", "ece", "brier", "mutual_information", "aurc", *extra, "fit_seconds", "predict_seconds"]
+    cols = [c for c in cols if any(r.get(c) is not None for r in rows)]
+    head = "| method | " + " | ".join(cols) + " |\n|---|" + "---:|" * len(cols) + "\n"
+    body = ""
+    for r in rows:
+        cells = []
+        for c in cols:
+            v = r.get(c)
+            cells.append("–" if v is None else (f"{v:.1f}" if c.endswith("seconds") else
+                                                f"{v:.2f}" if c == "ece" else f"{v:.4f}"))
+        body += f"| {r['method']} | " + " | ".join(cells) + " |\n"
+    return head + body
+
+
+def write_report(runner, results: dict) -> None:
+    """Write every output file of a finished run into ``runner.out``."""
+    out: Path = runner.out
+    rows = results_table(results)
+    results["stages"] = [{"stage": r.name, "status": r.status, "seconds": round(r.seconds, 3)}
+                         for r in runner.store.records]
+    atomic_write_json(out / "results.json", results)
+    atomic_write_bytes(out / "results.csv", to_csv(rows))
+    (out / "idata").mkdir(exist_ok=True)
+    for label in results["methods"]:
+        src = runner.store.path(f"eval:{label}") / "idata.nc"
+        if src.is_file():
+            shutil.copyfile(src, out / "idata" / f"{label}.nc")
+    figures = _figures(runner, results)
+    atomic_write_bytes(out / "report.md", _markdown(runner, results, rows, figures).encode())
+
+
+def _predictions(runner, label: str):
+    tensors, _ = load_tensors(runner.store.path(f"eval:{label}") / "predictions.safetensors")
+    return tensors
+
+
+def _figures(runner, results: dict) -> list[tuple[str, str]]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..diagnostics import metrics as M
+    from ..diagnostics import plots
+
+    fig_dir = runner.out / "figures"
+    fig_dir.mkdir(exist_ok=True)
+    made: list[tuple[str, str]] = []
+
+    def save(name: str, caption: str, make) -> None:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                fig = make(fig_dir / name)
+            plt.close(fig)
+            made.append((name, caption))
+        except Exception as e:  # a figure must never cost the run its results
+            runner.log(f"figure {name} skipped: {type(e).__name__}: {e}")
+
+    if results.get("paths"):
+        save("paths.png", "Loss and accuracy along the straight line between the end anchors and along the "
+             "trained curve", lambda p: plots.path_plot(results["paths"], path=p))
+    preds = {label: _predictions(runner, label) for label in results["methods"]}
+    save("risk_coverage.png", "Selective prediction: risk–coverage of every method",
+         lambda p: plots.risk_coverage_plot({k: (v["probs"], v["labels"]) for k, v in preds.items()}, path=p))
+    for label, v in preds.items():
+        save(f"reliability_{label}.png", f"Reliability diagram of {label}",
+             lambda p, v=v, label=label: plots.reliability_diagram(v["probs"], v["labels"], title=label, path=p))
+        if "ood_probs" in v:
+            _, _, mi_in = M.uncertainty_decomposition(v["probs"])
+            _, _, mi_out = M.uncertainty_decomposition(v["ood_probs"])
+            save(f"mi_{label}.png", f"Mutual information in- vs out-of-distribution ({label})",
+                 lambda p, a=mi_in, b=mi_out, label=label: plots.mi_histogram(a, b, title=f"MI, {label}", path=p))
+    from ..diagnostics.idata import load_idata
+
+    for label, m in runner.cfg.methods.items():
+        if m.method == "curve" and m.options.get("inference", "nuts") in ("nuts", "hmc", "slice"):
+            nc = runner.out / "idata" / f"{label}.nc"
+            if nc.is_file():
+                idata = load_idata(nc)
+                save(f"trace_{label}.png", f"Trace of the curve position t ({label})",
+                     lambda p, i=idata: plots.trace_plot(i, var_names=["t"], path=p))
+                save(f"rank_{label}.png", f"Rank plot of t ({label})",
+                     lambda p, i=idata: plots.rank_plot(i, var_names=["t"], path=p))
+    return made
+
+
+def _markdown(runner, results: dict, rows: list[dict], figures: list[tuple[str, str]]) -> str:
+    extra = ("ood_auroc",) if results.get("ood_task") else ()
+    lines = [f"# bayes_lora run: {results['name']}", "",
+             f"Model **{results['model']}** on **{results['task']}**"
+             + (f" (OOD: {results['ood_task']})" if results.get("ood_task") else "")
+             + f"; {results['data'].get('train_examples')} training and {results['data'].get('test_examples')} test "
+             f"examples; config hash `{results['config_hash']}`" + (" — **smoke run**" if results.get("smoke") else "")
+             + ".", "", "## Methods", "", markdown_table(rows, extra),
+             "ECE in percent (15 bins); NLL in nats; mutual information = epistemic part of the predictive "
+             "entropy; AURC = area under the risk–coverage curve (lower is better).", ""]
+    if results.get("paths"):
+        lines += ["## Paths between optima", "", "| path | barrier | min accuracy | max loss |", "|---|---:|---:|---:|"]
+        for name, p in results["paths"].items():
+            lines.append(f"| {name} | {p['barrier']:.4f} | {min(p['accuracy']):.4f} | {max(p['loss']):.4f} |")
+        lines.append("")
+    lines += ["## Stages", "", "| stage | status | seconds |", "|---|---|---:|"]
+    for s in results.get("stages", []):
+        lines.append(f"| {s['stage']} | {s['status']} | {s['seconds']:.1f} |")
+    lines += ["", f"Wall time of this invocation: {results.get('wall_seconds', 0):.0f} s.", ""]
+    if figures:
+        lines += ["## Figures", ""]
+        for name, caption in figures:
+            lines += [f"![{caption}](figures/{name})", "", f"*{caption}*", ""]
+    return "\n".join(lines)
+
+
+def compare_runs(dirs: list[str | Path]) -> list[dict[str, Any]]:
+    """One row per (run, method) of finished runs' results.json."""
+    rows = []
+    for d in dirs:
+        f = Path(d) / "results.json"
+        if not f.is_file():
+            raise FileNotFoundError(f"{d} has no results.json: is it a finished bayes-lora run?")
+        res = json.loads(f.read_text())
+        for r in results_table(res):
+            rows.append({"run": str(d), "task": res.get("task"), **r})
+    return rows
+
+
+__all__ = ["COLUMNS", "compare_runs", "markdown_table", "results_table", "to_csv", "write_report"]

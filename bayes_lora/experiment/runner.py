@@ -1,0 +1,322 @@
+"""The staged pipeline behind ``bayes-lora run``.
+
+fine-tune anchors → train the curve → paths → fit each method → evaluate → report. Each stage
+is keyed by the part of the config it depends on (:class:`~.stages.StageStore`): a re-run skips
+finished stages, a changed option reruns only its dependants, a killed run resumes from the
+last finished stage. Everything that can be checked is checked before the first expensive
+stage (:func:`prepare`).
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from ..lora.io import atomic_write_json, load_tensors, save_tensors
+from .config import ExperimentConfig, hash_json, smoke as smoke_config
+from .evaluate import Evaluation, evaluate, posterior_idata
+from .stages import StageStore
+
+
+@dataclass
+class Prepared:
+    """The loaded model and encoded data of a run (nothing trained yet)."""
+
+    cfg: ExperimentConfig
+    backbone: object
+    fm: object
+    train: object
+    test: object
+    ood: object | None
+    data_info: dict = field(default_factory=dict)
+
+
+def _log_default(msg: str) -> None:
+    print(msg, flush=True)
+
+
+class Runner:
+    """Runs one config into one output folder. ``run()`` returns the results dict."""
+
+    def __init__(self, cfg: ExperimentConfig, out: str | Path, *, data_dir: str | None = None,
+                 smoke: bool = False, log: Callable[[str], None] = _log_default, progress: bool | None = None):
+        self.cfg = smoke_config(cfg) if smoke else cfg
+        self.smoke = smoke
+        self.out = Path(out)
+        self.data_dir = data_dir
+        self.log = log
+        self.progress = self.cfg.runtime.progress if progress is None else progress
+        self.store = StageStore(self.out)
+        self.prep: Prepared | None = None
+
+    # ------------------------------------------------------------------ keys ---------------
+    def key(self, stage: str, method: str | None = None) -> str:
+        c = self.cfg
+        data = hash_json({"model": c.digest("model"), "data": c.digest("data"), "seed": c.seed})
+        anchors = hash_json([data, c.digest("lora"), c.digest("anchors"), list(c.anchor_seeds)])
+        curve_d = {k: v for k, v in c.to_dict()["curve"].items() if k not in ("path_points", "path_examples")}
+        curve = hash_json([anchors, curve_d])
+        if stage == "anchors":
+            return anchors
+        if stage == "curve":
+            return curve
+        if stage == "paths":
+            return hash_json([curve, c.curve.path_points, c.curve.path_examples])
+        if stage == "projected_map":
+            return hash_json([anchors, "projected_map"])
+        if stage in ("fit", "eval"):
+            m = c.methods[method]
+            parts = [anchors, m.method, m.options]
+            if m.method in ("laplace", "swag", "vi"):
+                parts.append("projected-lr-2e-2")
+            if m.method == "curve":
+                parts += [curve, c.posterior]
+            fit = hash_json(parts)
+            return fit if stage == "fit" else hash_json([fit, c.digest("evaluation")])
+        raise KeyError(stage)
+
+    # ------------------------------------------------------------------ prepare ------------
+    def prepare(self) -> Prepared:
+        """Load data and model and check everything checkable; no training yet."""
+        from ..data import encode, load_task_data
+        from ..lora.backbone import LoraSettings, load_backbone
+        from ..lora.params import FunctionalModel
+
+        c = self.cfg
+        if c.runtime.threads:
+            torch.set_num_threads(c.runtime.threads)
+        d = c.data
+        kw = {"data_dir": self.data_dir, "seed": c.seed}
+        sst = {"min_words": d.min_words} if d.task == "sst2" else {}
+        train = load_task_data(d.task, "train", max_examples=d.train_examples, **kw, **sst)
+        test = load_task_data(d.task, d.test_split, max_examples=d.test_examples or None, **kw, **sst)
+        ood = None
+        if d.ood_task:
+            ood_sst = {"min_words": d.min_words} if d.ood_task == "sst2" else {}
+            ood = load_task_data(d.ood_task, d.ood_split, max_examples=d.ood_examples or None, **kw, **ood_sst)
+        lora = LoraSettings(r=c.lora.r, alpha=c.lora.alpha, dropout=c.lora.dropout,
+                            target_modules=tuple(c.lora.target_modules), train_head=c.lora.train_head,
+                            layers=tuple(c.lora.layers) or None)
+        bb = load_backbone(c.model.name, kind=c.model.kind, num_labels=train.num_classes, lora=lora)
+        enc = lambda ds: encode(ds, bb.tokenizer, max_length=c.model.max_length)  # noqa: E731
+        tr, te = enc(train), enc(test)
+        oo = enc(ood) if ood is not None else None
+        fm = FunctionalModel(bb.model)
+        if c.runtime.prefix_cache:
+            fm, tr, te, oo = self._prefix_cache(fm, tr, te, oo)
+        info = {"train_examples": len(tr), "test_examples": len(te), "ood_examples": 0 if oo is None else len(oo),
+                "lora_numbers": int(fm.layout.size) if hasattr(fm.layout, "size") else None}
+        self.prep = Prepared(c, bb, fm, tr, te, oo, info)
+        return self.prep
+
+    def _prefix_cache(self, fm, tr, te, oo):
+        try:
+            from ..lora.prefix import with_prefix_cache
+        except ImportError:  # pragma: no cover - the cache is an optimisation
+            return fm, tr, te, oo
+        start = time.perf_counter()
+        tasks = [t for t in (tr, te, oo) if t is not None]
+        fm2, *cached = with_prefix_cache(fm, *tasks)
+        if fm2 is not fm:
+            self.log(f"prefix cache: hidden states below the first adapted layer computed once "
+                     f"({time.perf_counter() - start:.1f} s)")
+        it = iter(cached)
+        return fm2, next(it), next(it), (next(it) if oo is not None else None)
+
+    # ------------------------------------------------------------------ stages -------------
+    def _stage(self, name: str, key: str, build: Callable[[Path], dict | None]) -> Path:
+        folder = self.store.path(name)
+        if self.store.done(name, key):
+            self.store.skip(name, key)
+            self.log(f"[{name}] up to date, skipped")
+            return folder
+        self.log(f"[{name}] running ...")
+        folder = self.store.begin(name)
+        start = time.perf_counter()
+        info = build(folder)
+        seconds = time.perf_counter() - start
+        self.store.finish(name, key, seconds, info)
+        self.log(f"[{name}] done in {seconds:.1f} s")
+        return folder
+
+    def _train_config(self, seed: int | None = None):
+        from ..lora.train import TrainConfig
+
+        a = self.cfg.anchors
+        return TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay,
+                           seed=self.cfg.seed if seed is None else seed, max_steps=a.max_steps or None)
+
+    def anchors(self) -> Tensor:
+        from ..lora.spaces import FullSpace
+        from ..lora.train import fine_tune
+
+        p = self.prep
+        meta = {"layout": p.fm.layout.to_json(), "backbone": p.backbone.metadata()}
+
+        def build(folder: Path):
+            thetas, losses, secs = [], [], []
+            for s in self.cfg.anchor_seeds:
+                res = fine_tune(p.fm, FullSpace(p.fm.layout), p.train, self._train_config(int(s)),
+                                progress=self.progress)
+                thetas.append(res.latent)
+                losses.append(list(res.losses))
+                secs.append(res.seconds)
+            save_tensors(folder / "anchors.safetensors", {"thetas": torch.stack(thetas)}, meta)
+            atomic_write_json(folder / "train.json", {"seeds": list(self.cfg.anchor_seeds), "losses": losses,
+                                                      "seconds": secs})
+            return {"seconds_each": secs}
+
+        folder = self._stage("anchors", self.key("anchors"), build)
+        tensors, saved = load_tensors(folder / "anchors.safetensors")
+        from ..lora.params import ParamLayout
+
+        p.fm.layout.check_same(ParamLayout.from_json(saved["layout"]), what="the anchors of this run")
+        return tensors["thetas"]
+
+    def curve(self, anchors: Tensor):
+        from ..lora.curve_train import CurveConfig, train_curve
+        from ..lora.curves import BezierCurve
+        from ..lora.spaces import FullSpace
+
+        c, p = self.cfg.curve, self.prep
+        cc = CurveConfig(degree=c.degree, anchored=c.anchored, epochs=c.epochs, batch_size=c.batch_size, lr=c.lr,
+                         js_weight=c.js_weight, js_points=c.js_points, js_batch=c.js_batch,
+                         perturbation=c.perturbation, sigma=c.sigma, rho=c.rho, init_noise=c.init_noise,
+                         seed=self.cfg.seed, max_steps=c.max_steps or None)
+
+        def build(folder: Path):
+            res = train_curve(p.fm, FullSpace(p.fm.layout), p.train, anchors, cc, progress=self.progress)
+            cur = res.curve
+            save_tensors(folder / "curve.safetensors", {"joints": cur.joints.detach(), "bends": cur.bends.detach()},
+                         {"degree": cur.degree, "anchored": cur.anchored, "segments": cur.segments})
+            atomic_write_json(folder / "train.json", {"losses": list(res.losses), "js": list(res.js),
+                                                      "seconds": res.seconds})
+            return {"seconds": res.seconds}
+
+        folder = self._stage("curve", self.key("curve"), build)
+        tensors, meta = load_tensors(folder / "curve.safetensors")
+        curve = BezierCurve(tensors["joints"], degree=int(meta["degree"]), anchored=bool(meta["anchored"]))
+        with torch.no_grad():
+            if isinstance(curve.joints, torch.nn.Parameter):
+                curve.joints.copy_(tensors["joints"])
+            curve.bends.copy_(tensors["bends"])
+        return curve
+
+    def paths(self, curve) -> dict:
+        from ..lora.curve_train import linear_and_curve_paths
+        from ..lora.spaces import FullSpace
+
+        p, c = self.prep, self.cfg.curve
+        task = p.test if not c.path_examples else p.test.subset(torch.arange(min(c.path_examples, len(p.test))))
+
+        def build(folder: Path):
+            res = linear_and_curve_paths(p.fm, FullSpace(p.fm.layout), task, curve, grid=c.path_points,
+                                         batch_size=self.cfg.evaluation.batch_size)
+            atomic_write_json(folder / "paths.json", {k: v.to_dict() for k, v in res.items()})
+
+        folder = self._stage("paths", self.key("paths"), build)
+        return json.loads((folder / "paths.json").read_text())
+
+    def context(self, anchors: Tensor, curve):
+        from ..inference.base import FitContext
+
+        p = self.prep
+        ctx = FitContext(p.fm, p.train, anchors=anchors, train_config=self._train_config(), seed=self.cfg.seed,
+                         progress=self.progress, metadata=p.backbone.metadata())
+        if curve is not None:
+            ctx.cache["curve"] = curve
+        folder = self.store.path("projected_map")
+        if self.store.done("projected_map", self.key("projected_map")):
+            ctx.cache["projected_map"] = load_tensors(folder / "core.safetensors")[0]["core"]
+        return ctx
+
+    def _save_projected_map(self, ctx) -> None:
+        key = self.key("projected_map")
+        if "projected_map" in ctx.cache and not self.store.done("projected_map", key):
+            folder = self.store.begin("projected_map")
+            save_tensors(folder / "core.safetensors", {"core": ctx.cache["projected_map"]})
+            self.store.finish("projected_map", key, float(ctx.cache.get("projected_map_seconds", 0.0)))
+
+    def fit_method(self, label: str, ctx):
+        from ..inference.registry import fit, load
+
+        m = self.cfg.methods[label]
+        options = dict(m.options)
+        if m.method == "curve":
+            options.setdefault("posterior", self.cfg.posterior)
+
+        def build(folder: Path):
+            post = fit(m.method, ctx, **options)
+            post.save(folder)
+            self._save_projected_map(ctx)
+            return {"fit_seconds": post.info.seconds}
+
+        folder = self._stage(f"fit:{label}", self.key("fit", label), build)
+        return load(folder, ctx.fm, ctx)
+
+    def evaluate_method(self, label: str, post) -> dict:
+        from ..diagnostics.idata import save_idata
+
+        p, ev = self.prep, self.cfg.evaluation
+
+        def build(folder: Path):
+            e = evaluate(post, p.test, num_samples=ev.num_samples, seed=self.cfg.seed, batch_size=ev.batch_size,
+                         ood=p.ood)
+            tensors = {"probs": e.prediction.probs, "labels": e.prediction.labels}
+            if e.ood is not None:
+                tensors["ood_probs"] = e.ood.probs
+            save_tensors(folder / "predictions.safetensors", tensors)
+            atomic_write_json(folder / "metrics.json", e.metrics)
+            save_idata(posterior_idata(post, e, label=label), folder / "idata.nc")
+
+        folder = self._stage(f"eval:{label}", self.key("eval", label), build)
+        return json.loads((folder / "metrics.json").read_text())
+
+    # ------------------------------------------------------------------ run ----------------
+    def run(self) -> dict:
+        from .report import write_report
+
+        t0 = time.perf_counter()
+        self.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.out / "config.json", {"config": self.cfg.to_dict(), "smoke": self.smoke,
+                                                     "config_hash": self.cfg.digest()})
+        self.prepare()
+        anchors = self.anchors()
+        curve = paths = None
+        if self.cfg.anchors.count >= 2:
+            curve = self.curve(anchors)
+            paths = self.paths(curve)
+        ctx = self.context(anchors, curve)
+        methods = {}
+        for label in self.cfg.methods:
+            post = self.fit_method(label, ctx)
+            methods[label] = self.evaluate_method(label, post)
+        results = {
+            "config_hash": self.cfg.digest(),
+            "name": self.cfg.name,
+            "model": self.cfg.model.name,
+            "task": self.cfg.data.task,
+            "ood_task": self.cfg.data.ood_task or None,
+            "smoke": self.smoke,
+            "data": self.prep.data_info,
+            "methods": methods,
+            "paths": paths or {},
+        }
+        results["wall_seconds"] = time.perf_counter() - t0
+        write_report(self, results)
+        self.log(f"results in {self.out}/results.json, report in {self.out}/report.md "
+                 f"({results['wall_seconds']:.0f} s)")
+        return results
+
+
+def run(cfg: ExperimentConfig, out: str | Path, **kw) -> dict:
+    """Run ``cfg`` into ``out`` (see :class:`Runner`)."""
+    return Runner(cfg, out, **kw).run()
+
+
+__all__ = ["Evaluation", "Prepared", "Runner", "run"]
