@@ -138,3 +138,52 @@ def tiny_context(n_anchors: int = 2, n_train: int = 64, steps: int = 150, dropou
                                           projected_lr=5e-2), test)
     ctx, test = _CONTEXT_CACHE[key]
     return ctx, test
+
+
+def write_tiny_run_setup(root, n_train: int = 96, n_test: int = 32, layers: int = 2):
+    """A tiny BERT classifier saved as a local model folder and a toy SST-2-format data dir.
+
+    Returns ``(model_dir, data_dir)``: ``model_dir`` loads with ``load_backbone(str(model_dir))``,
+    ``data_dir/sst2/{train,dev,test}.tsv`` hold the toy sentiment task (5-word sentences).
+    """
+    from pathlib import Path
+
+    root = Path(root)
+    model_dir, data_dir = root / "tiny-bert", root / "data"
+    tiny_bert(layers=layers).save_pretrained(model_dir)
+    tiny_tokenizer().save_pretrained(model_dir)
+    (data_dir / "sst2").mkdir(parents=True)
+    for split, n, seed in (("train", n_train, 0), ("dev", n_test, 2), ("test", n_test, 1)):
+        texts, labels = sentiment_texts(n, seed)
+        rows = ["sentence\tlabel"] + [f"{t}\t{y}" for t, y in zip(texts, labels)]
+        (data_dir / "sst2" / f"{split}.tsv").write_text("\n".join(rows) + "\n")
+    return model_dir, data_dir
+
+
+def tiny_run_config(model_dir, **tables) -> dict:
+    """An experiment config (dict form) on the tiny model: every stage runs in seconds."""
+    cfg = {
+        "name": "tiny",
+        "seed": 0,
+        "model": {"name": str(model_dir), "kind": "classifier", "max_length": 16},
+        "lora": {"r": 4, "alpha": 8.0, "target_modules": ["query", "value"]},
+        "data": {"task": "sst2", "train_examples": 96, "min_words": 5},
+        "anchors": {"count": 2, "epochs": 20.0, "lr": 1e-2, "batch_size": 16, "max_steps": 80},
+        "curve": {"degree": 2, "epochs": 5.0, "max_steps": 20, "batch_size": 16, "path_points": 5},
+        "posterior": {"likelihood_examples": 32},
+        "evaluation": {"num_samples": 3, "batch_size": 32},
+        "runtime": {"progress": False},
+        "methods": {
+            "map": {},
+            "ensemble": {},
+            "mc_dropout": {"p": 0.1},
+            "laplace": {"space": "projected", "subset": 32},
+            "swag": {"snapshots": 3, "collect_every": 2},
+            "vi": {"steps": 10},
+            "curve_grid": {"method": "curve", "inference": "grid", "grid_points": 21, "num_samples": 20},
+            "curve_svi": {"method": "curve", "inference": "svi", "svi_steps": 10, "num_samples": 20},
+        },
+    }
+    for name, values in tables.items():
+        cfg[name] = {**cfg.get(name, {}), **values} if isinstance(values, dict) else values
+    return cfg

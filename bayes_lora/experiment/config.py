@@ -15,6 +15,7 @@ import hashlib
 import inspect
 import json
 import math
+import re
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -385,6 +386,35 @@ def load_config(path: str | Path) -> ExperimentConfig:
     return ExperimentConfig.from_dict(data)
 
 
+def dump_toml(d: Mapping[str, Any]) -> str:
+    """A config dict as TOML (scalars, lists of scalars, nested tables) — parsed back equal."""
+
+    def scalar(v) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, str):
+            return json.dumps(v, ensure_ascii=False)
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(scalar(x) for x in v) + "]"
+        raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+    def table(prefix: str, t: Mapping[str, Any]) -> list[str]:
+        lines = [f"{k} = {scalar(v)}" for k, v in t.items() if not isinstance(v, Mapping)]
+        out = ([f"[{prefix}]"] if prefix else []) + lines
+        for k, v in t.items():
+            if isinstance(v, Mapping):
+                key = k if _BARE.fullmatch(k) else json.dumps(k)
+                out += [""] + table(f"{prefix}.{key}" if prefix else key, v)
+        return out
+
+    return "\n".join(table("", d)) + "\n"
+
+
+_BARE = re.compile(r"[A-Za-z0-9_-]+")
+
+
 # --------------------------------------------------------------------------------------------
 # Smoke mode: the same pipeline, tiny sizes
 # --------------------------------------------------------------------------------------------
@@ -421,4 +451,4 @@ def _fit_fn(method: str):
     return get_backend(method).fit
 
 
-__all__ = ["ConfigError", "ExperimentConfig", "MethodConfig", "build", "hash_json", "load_config", "smoke"]
+__all__ = ["ConfigError", "ExperimentConfig", "MethodConfig", "build", "dump_toml", "hash_json", "load_config", "smoke"]

@@ -17,8 +17,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from ..lora.io import atomic_write_json, load_tensors, save_tensors
-from .config import ExperimentConfig, hash_json, smoke as smoke_config
+from ..lora.io import atomic_write_bytes, atomic_write_json, load_tensors, save_tensors
+from .config import ExperimentConfig, dump_toml, hash_json, smoke as smoke_config
 from .evaluate import Evaluation, evaluate, posterior_idata
 from .stages import StageStore
 
@@ -285,6 +285,7 @@ class Runner:
         self.out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.out / "config.json", {"config": self.cfg.to_dict(), "smoke": self.smoke,
                                                      "config_hash": self.cfg.digest()})
+        atomic_write_bytes(self.out / "config.toml", dump_toml(self.cfg.to_dict()).encode())
         self.prepare()
         anchors = self.anchors()
         curve = paths = None

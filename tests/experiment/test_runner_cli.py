@@ -1,0 +1,119 @@
+"""The CLI end to end on a tiny config: every stage, every output, skipping and resuming."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from scenarios import tiny_run_config, write_tiny_run_setup
+
+from bayes_lora.experiment.cli import main
+from bayes_lora.experiment.config import dump_toml
+
+from conftest import REPO
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny-run")
+    model_dir, data_dir = write_tiny_run_setup(root)
+    return root, model_dir, data_dir
+
+
+def _write(path, cfg):
+    path.write_text(dump_toml(cfg))
+    return path
+
+
+def _stages(out):
+    return {s["stage"]: s["status"] for s in json.loads((out / "results.json").read_text())["stages"]}
+
+
+@pytest.fixture(scope="module")
+def finished(setup):
+    root, model_dir, data_dir = setup
+    cfg = _write(root / "tiny.toml", tiny_run_config(model_dir))
+    out = root / "run"
+    assert main(["run", str(cfg), "--out", str(out), "--data-dir", str(data_dir), "--quiet"]) == 0
+    return cfg, out
+
+
+def test_every_output_is_written_and_loadable(finished):
+    import arviz as az
+
+    cfg, out = finished
+    res = json.loads((out / "results.json").read_text())
+    assert set(res) >= {"config_hash", "model", "task", "methods", "paths"}
+    labels = ["map", "ensemble", "mc_dropout", "laplace", "swag", "vi", "curve_grid", "curve_svi"]
+    assert set(res["methods"]) == set(labels)
+    for label, m in res["methods"].items():
+        assert {"accuracy", "nll", "ece", "brier", "entropy", "aleatoric", "mutual_information", "aurc",
+                "fit_seconds", "predict_seconds", "num_samples"} <= set(m)
+        assert 0.0 <= m["accuracy"] <= 1.0 and m["nll"] > 0 and m["mutual_information"] >= -1e-9
+        idata = az.from_netcdf(out / "idata" / f"{label}.nc")
+        assert {"log_likelihood", "posterior_predictive", "observed_data"} <= set(idata.groups())
+        assert idata.log_likelihood["y"].shape[-1] == res["data"]["test_examples"]
+    assert res["methods"]["map"]["mutual_information"] == pytest.approx(0.0, abs=1e-9)
+    assert res["methods"]["map"]["accuracy"] > 0.7  # the toy task is learnable in 80 steps
+    for name in ("linear", "curve"):
+        p = res["paths"][name]
+        assert len(p["t"]) == len(p["loss"]) == len(p["accuracy"]) == 5
+        assert p["barrier"] == pytest.approx(max(p["loss"]) - max(p["loss"][0], p["loss"][-1]))
+    # the curve's ends are the anchors: same loss at t = 0 and t = 1 on both paths
+    assert res["paths"]["curve"]["loss"][0] == pytest.approx(res["paths"]["linear"]["loss"][0], rel=1e-5)
+    assert res["paths"]["curve"]["loss"][-1] == pytest.approx(res["paths"]["linear"]["loss"][-1], rel=1e-5)
+    csv = (out / "results.csv").read_text().splitlines()
+    assert csv[0].startswith("method,accuracy") and len(csv) == 1 + len(labels)
+    report = (out / "report.md").read_text()
+    assert "| curve_svi |" in report and "figures/paths.png" in report
+    assert (out / "figures" / "paths.png").stat().st_size > 1000
+    assert (out / "figures" / "risk_coverage.png").is_file()
+    assert (out / "config.toml").is_file()
+
+
+def test_rerun_skips_everything_and_gives_the_same_numbers(finished, setup):
+    cfg, out = finished
+    _, _, data_dir = setup
+    before = json.loads((out / "results.json").read_text())["methods"]
+    assert main(["run", str(cfg), "--out", str(out), "--data-dir", str(data_dir), "--quiet"]) == 0
+    assert set(_stages(out).values()) == {"skipped"}
+    assert json.loads((out / "results.json").read_text())["methods"] == before
+
+
+def test_changed_option_reruns_only_its_dependants(finished, setup):
+    root, model_dir, data_dir = setup
+    _, out = finished
+    cfg = _write(root / "tiny2.toml", tiny_run_config(model_dir, methods={
+        **tiny_run_config(model_dir)["methods"], "mc_dropout": {"p": 0.3}}))
+    assert main(["run", str(cfg), "--out", str(out), "--data-dir", str(data_dir), "--quiet"]) == 0
+    ran = {k for k, v in _stages(out).items() if v == "ran"}
+    assert ran == {"fit:mc_dropout", "eval:mc_dropout"}
+
+
+def test_a_corrupted_stage_file_is_recomputed(finished, setup):
+    _, out = finished
+    root, _, data_dir = setup
+    cfg = root / "tiny2.toml"  # the config of the last run
+    f = out / "stages" / "eval__vi" / "metrics.json"
+    f.write_text("{}")
+    assert main(["run", str(cfg), "--out", str(out), "--data-dir", str(data_dir), "--quiet"]) == 0
+    assert {k for k, v in _stages(out).items() if v == "ran"} == {"eval:vi"}
+    assert "accuracy" in json.loads(f.read_text())
+
+
+def test_compare_tabulates_runs(finished, capsys, tmp_path):
+    _, out = finished
+    assert main(["compare", str(out), "--csv", str(tmp_path / "t.csv")]) == 0
+    text = capsys.readouterr().out
+    assert "curve_grid" in text and "mc_dropout" in text
+    assert (tmp_path / "t.csv").read_text().count("\n") == 9
+
+
+def test_bad_input_exits_2_without_traceback(setup, tmp_path):
+    root, model_dir, data_dir = setup
+    cfg = _write(tmp_path / "c.toml", tiny_run_config(model_dir))
+    r = subprocess.run([sys.executable, "-m", "bayes_lora", "run", str(cfg), "--out", str(tmp_path / "o"),
+                        "--data-dir", str(tmp_path / "no-data")], capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr and "error:" in r.stderr and "no-data" in r.stderr
