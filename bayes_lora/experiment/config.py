@@ -345,10 +345,10 @@ class ExperimentConfig:
         return hash_json(sel)
 
     def with_overrides(self, **tables: Mapping[str, Any]) -> "ExperimentConfig":
-        """A copy with some keys of some tables replaced (validated again)."""
+        """A copy with some keys of some tables replaced (``methods`` as a whole); validated again."""
         d = self.to_dict()
         for name, values in tables.items():
-            if isinstance(d.get(name), dict):
+            if isinstance(d.get(name), dict) and name != "methods":  # methods are replaced whole
                 d[name] = {**d[name], **values}
             else:
                 d[name] = values

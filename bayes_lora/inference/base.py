@@ -119,6 +119,9 @@ class Posterior:
     method: ClassVar[str] = "posterior"
     #: how many samples ``predict`` uses when ``num_samples`` is None
     default_num_samples: int = 16
+    #: number of distinct atoms of a finite posterior (MAP: 1, ensemble: M); None = continuous.
+    #: Evaluations never draw more samples than this (more would repeat the same predictions).
+    num_atoms: int | None = None
 
     def __init__(self, fm: FunctionalModel, options: Mapping[str, Any] | None = None, info: FitInfo | None = None):
         self.fm = fm

@@ -23,6 +23,7 @@ class EnsemblePosterior(Posterior):
             raise ValueError(f"ensemble members must be [M, D] with M ≥ 1, got {tuple(members.shape)}")
         self.members = members.detach().clone()
         self.default_num_samples = members.shape[0]
+        self.num_atoms = members.shape[0]
 
     def sample_thetas(self, n: int, *, seed: int = 0) -> Tensor:
         idx = [i % self.members.shape[0] for i in range(n)]

@@ -538,6 +538,7 @@ class LaplacePosterior(Posterior):
         # the probit predictive is deterministic: one sample says everything
         deterministic = self.predictive is Predictive.GLM and self.link is Link.PROBIT
         self.default_num_samples = 1 if deterministic else 16
+        self.num_atoms = 1 if deterministic else None
 
     @property
     def space_kind(self) -> str:

@@ -17,6 +17,7 @@ class MapPosterior(Posterior):
 
     method = "map"
     default_num_samples = 1
+    num_atoms = 1
 
     def __init__(self, fm: FunctionalModel, theta: Tensor, **kw):
         super().__init__(fm, **kw)

@@ -1,0 +1,723 @@
+"""A frozen-prefix cache: the hidden states entering the first adapted layer, computed once.
+
+When LoRA adapters (and every other tensor of θ) sit only on transformer layers ``≥ L``
+(``LoraSettings(layers=(4, 5))``), the embeddings and layers ``< L`` compute the same thing for
+every θ. :class:`CachedTask` runs that frozen prefix once per data set and stores the hidden
+states entering layer ``L``; a *suffix* model (:func:`suffix_functional_model`) starts from them.
+
+The suffix model shares every parameter with the full model and keeps its parameter names, so
+θ, its :class:`~bayes_lora.lora.params.ParamLayout` and every inference backend work unchanged::
+
+    fm_s, train_s, test_s = with_prefix_cache(fm, train, test)
+    probs = predict_probs(fm_s, test_s, thetas)      # == predict_probs(fm, test, thetas)
+
+How it works
+------------
+* The suffix model is a shallow copy of the module path from the root to the layer list: the
+  layers ``< L`` are replaced by pass-through modules that return their hidden input as the real
+  layer returns its output, and a BERT-style ``embeddings`` module (which would add position /
+  token-type embeddings and a LayerNorm to ``inputs_embeds``) by one that returns
+  ``inputs_embeds`` unchanged. Llama-style models take ``inputs_embeds`` natively (their
+  ``embed_tokens`` stays, it may be tied to the LM head). The original model is not modified.
+* A :class:`CachedTask` batch is the wrapped task's batch with ``inputs_embeds`` (the cached
+  hidden states, sliced to the batch's dynamic length) added to ``batch["inputs"]``; the token
+  ids stay there, because the wrapped task's ``class_logits`` scores with them (multiple
+  choice). The suffix model's root drops ``input_ids`` whenever ``inputs_embeds`` is given. The
+  full model refuses such a batch (``exactly one of input_ids or inputs_embeds``).
+* Attention masks and positions are rebuilt by the model from ``attention_mask`` exactly as in
+  the full forward. Hidden states are computed per example at its own length; positions past it
+  (padding, masked out of every attention) hold zeros, so raw outputs *at padding positions*
+  differ from the full model's, class logits do not.
+* :attr:`CachedTask.key` digests the frozen prefix's weights, ``L`` and the task's inputs; a saved
+  cache (safetensors + JSON, no pickle) is only loaded when its key matches.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import math
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .io import load_tensors, save_tensors
+from .params import FunctionalModel, ParamLayout, is_lora_factor
+
+__all__ = [
+    "DEFAULT_MAX_BYTES",
+    "CachedTask",
+    "SuffixFunctionalModel",
+    "cache_bytes",
+    "check_suffix",
+    "first_adapted_layer",
+    "layers_path",
+    "model_digest",
+    "suffix_functional_model",
+    "suffix_model",
+    "task_digest",
+    "with_prefix_cache",
+]
+
+#: default bound on the memory of cached hidden states (per call)
+DEFAULT_MAX_BYTES = 2 * 2**30
+#: bump when the cache's meaning or file format changes
+CACHE_VERSION = 1
+
+_LAYER_RE = re.compile(r"(?:^|\.)(layers?)\.(\d+)(?:\.|$)")
+_EMBEDDING_HINTS = ("embeddings.", "embed_tokens.", "wte.", "wpe.", "lora_embedding_")
+
+
+# --- where the adapters are -------------------------------------------------------------------
+
+
+def _split_layer(name: str) -> tuple[str, int] | None:
+    """``(path of the layer list, layer index)`` of a parameter name, or None."""
+    m = _LAYER_RE.search(name)
+    if m is None:
+        return None
+    return name[: m.end(1)], int(m.group(2))
+
+
+def _theta_names(obj: ParamLayout | FunctionalModel | nn.Module) -> tuple[str, ...]:
+    if isinstance(obj, FunctionalModel):
+        obj = obj.layout
+    if isinstance(obj, ParamLayout):
+        return obj.names
+    if isinstance(obj, nn.Module):
+        return tuple(
+            n for n, p in obj.named_parameters()
+            if is_lora_factor(n) or ".modules_to_save." in n or p.requires_grad
+        )
+    raise TypeError(f"expected a ParamLayout, FunctionalModel or nn.Module, got {type(obj).__name__}")
+
+
+def first_adapted_layer(layout_or_model: ParamLayout | FunctionalModel | nn.Module) -> int | None:
+    """The smallest transformer layer index holding a tensor of θ (a LoRA factor).
+
+    Layers are read from ``layer.<i>.`` / ``layers.<i>.`` in the parameter names. Returns None
+    when no θ tensor sits in a numbered layer (e.g. only a head is trained), and 0 when a θ
+    tensor sits in the embeddings (nothing can be cached then). Given an ``nn.Module``, θ is
+    its LoRA factors, peft ``modules_to_save`` copies and trainable parameters.
+    """
+    names = _theta_names(layout_or_model)
+    if any(h in n for n in names for h in _EMBEDDING_HINTS):
+        return 0
+    found = [s[1] for s in map(_split_layer, names) if s is not None]
+    return min(found) if found else None
+
+
+def layers_path(layout_or_model: ParamLayout | FunctionalModel | nn.Module) -> str:
+    """Dotted path of the layer list (``...encoder.layer`` / ``...model.layers``) θ lives in."""
+    paths = {s[0] for s in map(_split_layer, _theta_names(layout_or_model)) if s is not None}
+    if len(paths) != 1:
+        raise ValueError(
+            "the prefix cache needs the θ tensors in one stack of numbered layers, found "
+            f"{sorted(paths) or 'none'}"
+        )
+    return paths.pop()
+
+
+def _check_layer(layout: ParamLayout, layer: int | None) -> int:
+    first = first_adapted_layer(layout)
+    if layer is None:
+        layer = first
+    if layer is None or layer < 1:
+        raise ValueError(
+            f"nothing to cache: θ starts at layer {first} (0: every layer or the embeddings are "
+            "adapted; None: θ holds no tensor of a numbered layer)"
+        )
+    if first is not None and layer > first:
+        raise ValueError(
+            f"cannot cache the prefix up to layer {layer}: θ has tensors in layer {first}"
+        )
+    return int(layer)
+
+
+# --- the suffix model -------------------------------------------------------------------------
+
+
+class _StopForward(Exception):
+    """Raised by a pre-hook to end a forward pass at the layer whose input is wanted."""
+
+    def __init__(self, hidden: Tensor):
+        super().__init__()
+        self.hidden = hidden
+
+
+class _PassThroughEmbeddings(nn.Module):
+    """Stands for a BERT-style ``embeddings`` module: returns ``inputs_embeds`` unchanged."""
+
+    def forward(self, *args: Any, inputs_embeds: Tensor | None = None, **kwargs: Any) -> Tensor:
+        if inputs_embeds is None:
+            inputs_embeds = next(
+                (a for a in args if isinstance(a, Tensor) and a.is_floating_point() and a.ndim == 3), None
+            )
+        if inputs_embeds is None:
+            raise ValueError(
+                "this suffix model starts from cached hidden states: call it with inputs_embeds "
+                "(a CachedTask batch), not with token ids"
+            )
+        return inputs_embeds
+
+
+class _SkippedLayer(nn.Module):
+    """Stands for a frozen layer below the cached one: returns its hidden input as the real
+    layer returns its output (a tensor, or a tuple of ``n`` entries led by the hidden state)."""
+
+    def __init__(self, index: int, tuple_len: int | None):
+        super().__init__()
+        self.index = index
+        self.tuple_len = tuple_len
+
+    def forward(self, hidden_states: Tensor, *args: Any, **kwargs: Any):
+        if self.tuple_len is None:
+            return hidden_states
+        return (hidden_states,) + (None,) * (self.tuple_len - 1)
+
+    def extra_repr(self) -> str:
+        return f"index={self.index} (cached)"
+
+
+class _DropInputIds:
+    """The suffix root's forward: ``input_ids`` are dropped when ``inputs_embeds`` is given."""
+
+    def __init__(self, forward):
+        self._forward = forward
+
+    def __call__(self, *args: Any, **kwargs: Any):
+        if kwargs.get("inputs_embeds") is not None:
+            kwargs.pop("input_ids", None)
+        return self._forward(*args, **kwargs)
+
+
+def _shallow_copy(module: nn.Module) -> nn.Module:
+    """A new module object sharing parameters, buffers and children with ``module``, with its
+    own child / parameter / hook tables (so editing the copy leaves ``module`` alone)."""
+    cls = type(module)
+    new = cls.__new__(cls)
+    state = dict(module.__dict__)
+    for key, value in state.items():
+        if key.startswith("_") and isinstance(value, dict):
+            state[key] = copy.copy(value)
+    new.__dict__.update(state)
+    return new
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def _run_prefix(model: nn.Module, layers: nn.ModuleList, layer: int, inputs: dict, *, record: bool = False):
+    """The hidden states entering ``layers[layer]`` for ``inputs`` (the forward stops there);
+    with ``record``, also the output form of layer ``layer - 1`` (None: a tensor; n: a tuple)."""
+    form: list = []
+
+    def stop(_module, args, kwargs):
+        raise _StopForward(args[0] if args else kwargs["hidden_states"])
+
+    def seen(_module, _args, out):
+        form.append(len(out) if isinstance(out, tuple) else None)
+
+    handles = [layers[layer].register_forward_pre_hook(stop, with_kwargs=True)]
+    if record:
+        handles.append(layers[layer - 1].register_forward_hook(seen))
+    was_training = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(**inputs)
+    except _StopForward as done:
+        hidden = done.hidden
+    else:
+        raise RuntimeError(f"the forward pass never reached layer {layer}; cannot cache its input")
+    finally:
+        for h in handles:
+            h.remove()
+        for m, t in was_training:
+            m.training = t
+    if not isinstance(hidden, Tensor):
+        raise TypeError(f"layer {layer} receives a {type(hidden).__name__}, not a hidden-state tensor")
+    return (hidden, form[0] if form else None) if record else hidden
+
+
+def suffix_model(model: nn.Module, layer: int, *, layout: ParamLayout | None = None) -> nn.Module:
+    """The part of ``model`` from layer ``layer`` on, fed with ``inputs_embeds`` = the hidden
+    states entering that layer. Same parameters (shared) and names for layers ``≥ layer``.
+
+    ``model`` is left as it was. ``layout`` (default: ``model``'s LoRA tensors) locates the
+    layer stack and is checked to be fully inside the suffix.
+    """
+    where = layers_path(layout if layout is not None else model)
+    layers = model.get_submodule(where)
+    if not isinstance(layers, nn.ModuleList):
+        raise TypeError(f"{where!r} is a {type(layers).__name__}, expected the nn.ModuleList of layers")
+    if not 1 <= layer < len(layers):
+        raise ValueError(f"layer must be in 1..{len(layers) - 1}, got {layer}")
+    # how the real layer hands its output on (a tensor in transformers 5, a tuple in 4.x)
+    probe = {"input_ids": torch.zeros(1, 2, dtype=torch.long, device=_device_of(model)),
+             "attention_mask": torch.ones(1, 2, dtype=torch.long, device=_device_of(model))}
+    _, tuple_len = _run_prefix(model, layers, layer, probe, record=True)
+
+    parts = where.split(".")
+    chain = [model]
+    for part in parts:
+        chain.append(chain[-1].get_submodule(part))
+    copies = [_shallow_copy(m) for m in chain]
+    for parent, part, child in zip(copies[:-1], parts, copies[1:]):
+        parent._modules[part] = child
+    new_layers = copies[-1]
+    for i in range(layer):
+        new_layers._modules[str(i)] = _SkippedLayer(i, tuple_len)
+    # the nearest ancestor of the layer stack with a BERT-style embeddings module
+    for owner in reversed(copies[:-1]):
+        if isinstance(owner._modules.get("embeddings"), nn.Module):
+            owner._modules["embeddings"] = _PassThroughEmbeddings()
+            break
+    root = copies[0]
+    root.forward = _DropInputIds(type(model).forward.__get__(root))
+    root.prefix_layer = layer
+
+    if layout is not None:
+        have = dict(root.named_parameters())
+        missing = [n for n in layout.names if n not in have]
+        if missing:
+            raise ValueError(f"θ tensors {missing[:3]} lie in the cached prefix (layers < {layer})")
+    return root
+
+
+class SuffixFunctionalModel(FunctionalModel):
+    """A :class:`FunctionalModel` over the suffix of ``full.model`` from layer ``layer``.
+
+    Its layout is the full model's (same names, same θ); it takes the batches of a
+    :class:`CachedTask` built for the same layer. ``full`` is the functional model it came from.
+    """
+
+    def __init__(self, full: FunctionalModel, layer: int):
+        self.full = full
+        self.layer = layer
+        super().__init__(suffix_model(full.model, layer, layout=full.layout), full.layout)
+
+
+def suffix_functional_model(fm: FunctionalModel, layer: int | None = None) -> SuffixFunctionalModel:
+    """The suffix of ``fm`` from ``layer`` (default: its first adapted layer)."""
+    return SuffixFunctionalModel(fm, _check_layer(fm.layout, layer))
+
+
+# --- digests -----------------------------------------------------------------------------------
+
+
+def _hash_tensor(h, name: str, t: Tensor) -> None:
+    t = t.detach()
+    h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+    if t.numel():
+        h.update(t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+
+
+def model_digest(model: nn.Module, layer: int, *, layout: ParamLayout | None = None) -> str:
+    """A digest of what the hidden states entering ``layer`` depend on: the model's class and
+    config and every parameter and buffer outside the layers ``≥ layer`` and outside θ."""
+    layout_names = set(layout.names) if layout is not None else set()
+    where = layers_path(layout if layout is not None else model)
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"v{CACHE_VERSION}|{type(model).__name__}|{layer}|".encode())
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "to_json_string"):
+        h.update(config.to_json_string(use_diff=False).encode())
+
+    def kept(name: str) -> bool:
+        if name in layout_names or is_lora_factor(name) or ".modules_to_save." in name:
+            return False
+        split = _split_layer(name)
+        return not (split is not None and split[0] == where and split[1] >= layer)
+
+    seen: set[int] = set()
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        if kept(name) and id(t) not in seen:
+            seen.add(id(t))
+            _hash_tensor(h, name, t)
+    return h.hexdigest()
+
+
+def task_digest(task, *, chunk: int = 256) -> str:
+    """A digest of the model inputs of every example of ``task``, in order."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{type(task).__name__}|{len(task)}|".encode())
+    for batch in task.batches(chunk):
+        for key in sorted(batch["inputs"]):
+            value = batch["inputs"][key]
+            if isinstance(value, Tensor):
+                _hash_tensor(h, key, value)
+            else:
+                h.update(f"{key}={value!r}".encode())
+    return h.hexdigest()
+
+
+def _combine(model_fp: str, layer: int, data_fp: str) -> str:
+    return hashlib.blake2b(f"v{CACHE_VERSION}|{model_fp}|{layer}|{data_fp}".encode(), digest_size=16).hexdigest()
+
+
+# --- the cached task ----------------------------------------------------------------------------
+
+
+def _lengths(batch: dict) -> tuple[Tensor, int, int]:
+    """Per-example used length [B], rows per example k, and the batch's length T."""
+    inputs = batch["inputs"]
+    ref = inputs.get("attention_mask", inputs.get("input_ids"))
+    if ref is None:
+        raise ValueError("the prefix cache needs batches with input_ids or an attention_mask")
+    b = int(batch["index"].shape[0])
+    rows, t = int(ref.shape[0]), int(ref.shape[-1])
+    if rows % b:
+        raise ValueError(f"a batch of {b} examples has {rows} input rows (not a multiple)")
+    k = rows // b
+    if "attention_mask" in inputs:
+        mask = inputs["attention_mask"].reshape(b, k, t).bool().any(1)  # [B, T]
+        pos = torch.arange(1, t + 1, device=mask.device)
+        lengths = (mask * pos).amax(-1).clamp_min(1)
+    else:
+        lengths = torch.full((b,), t, dtype=torch.long)
+    return lengths.long().cpu(), k, t
+
+
+def _scan(task, chunk: int = 256) -> tuple[Tensor, int, int]:
+    """Used length of every example [N], rows per example, and the longest length."""
+    lengths = torch.zeros(len(task), dtype=torch.long)
+    k, longest = None, 1
+    for batch in task.batches(chunk):
+        lens, kb, _ = _lengths(batch)
+        if k is not None and kb != k:
+            raise ValueError(f"task {task.name} has {k} and {kb} input rows per example")
+        k = kb
+        lengths[batch["index"].cpu()] = lens
+        longest = max(longest, int(lens.max()))
+    return lengths, int(k or 1), longest
+
+
+def _hidden_size(model: nn.Module) -> int | None:
+    config = getattr(model, "config", None)
+    for attr in ("hidden_size", "d_model", "n_embd", "dim"):
+        value = getattr(config, attr, None)
+        if isinstance(value, int):
+            return value
+    return None
+
+
+def _model_dtype(model: nn.Module) -> torch.dtype:
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return torch.float32
+
+
+def cache_bytes(task, model: nn.Module, *, dtype: torch.dtype | None = None) -> int:
+    """Bytes the cached hidden states of ``task`` would take (N × rows × longest × H)."""
+    _, k, longest = _scan(task)
+    hidden = _hidden_size(model)
+    if hidden is None:
+        raise ValueError("cannot tell the model's hidden size from its config")
+    item = torch.empty(0, dtype=dtype or _model_dtype(model)).element_size()
+    return len(task) * k * longest * hidden * item
+
+
+def _check_bytes(nbytes: int, max_bytes: int | None, what: str) -> None:
+    if max_bytes is not None and nbytes > max_bytes:
+        raise ValueError(
+            f"the prefix cache of {what} would take {nbytes / 2**20:.1f} MiB ({nbytes} bytes), above "
+            f"max_bytes={max_bytes} ({max_bytes / 2**20:.1f} MiB); raise max_bytes, subsample the "
+            "data, use a shorter max_length, or run without the cache"
+        )
+
+
+def _normalise_index(index: Any, n: int) -> Tensor:
+    index = torch.as_tensor(index)
+    if index.dtype == torch.bool:
+        index = index.nonzero().squeeze(-1)
+    return index.long().reshape(-1) % n
+
+
+class CachedTask:
+    """An :class:`~bayes_lora.types.EncodedTask` whose batches carry the hidden states entering
+    layer ``layer``, computed once by the frozen prefix of the model.
+
+    Build it with :meth:`build` (or :func:`with_prefix_cache`) and evaluate it with the suffix
+    model of the same layer (:func:`suffix_functional_model`). ``name``, ``num_classes``,
+    ``labels``, ``len``, ``class_logits`` and the batch order are the wrapped task's.
+
+    Attributes
+    ----------
+    task: the wrapped task.
+    layer: the layer whose input is cached.
+    hidden: Tensor [N, k, T_max, H] (k input rows per example: 1, or C for multiple choice),
+        kept in host memory like the wrapped task's token ids (batches put ``inputs_embeds`` on
+        the device of the batch's other inputs); zeros past every example's length.
+    lengths: LongTensor [N], the used length of every example.
+    """
+
+    def __init__(self, task, hidden: Tensor, lengths: Tensor, *, layer: int, model_key: str,
+                 data_key: str | None = None):
+        if hidden.ndim != 4 or hidden.shape[0] != len(task) or lengths.shape != (len(task),):
+            raise ValueError(
+                f"hidden must be [N={len(task)}, k, T, H] with lengths [N], got "
+                f"{tuple(hidden.shape)} and {tuple(lengths.shape)}"
+            )
+        self.task = task
+        self.hidden = hidden
+        self.lengths = lengths.long()
+        self.layer = int(layer)
+        self.model_key = model_key
+        self._data_key = data_key
+
+    # --- construction ---------------------------------------------------------------------
+    @classmethod
+    def build(
+        cls,
+        task,
+        model: FunctionalModel | nn.Module,
+        *,
+        layer: int | None = None,
+        batch_size: int = 32,
+        max_bytes: int | None = DEFAULT_MAX_BYTES,
+        dtype: torch.dtype | None = None,
+        model_key: str | None = None,
+    ) -> CachedTask:
+        """Run the frozen prefix of ``model`` (to the input of ``layer``, default: the first
+        adapted one) over every example of ``task`` once, under ``no_grad``, in batches of
+        ``batch_size`` examples of similar length. Raises a ValueError naming the size when the
+        cache would take more than ``max_bytes``. ``dtype``: storage type (default: the model's;
+        lower precision breaks exact equality with the full model)."""
+        layout = model.layout if isinstance(model, FunctionalModel) else None
+        module = model.model if isinstance(model, FunctionalModel) else model
+        layout = layout or ParamLayout.from_model(module, _theta_names(module))
+        layer = _check_layer(layout, layer)
+        layers = module.get_submodule(layers_path(layout))
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
+
+        lengths, k, longest = _scan(task)
+        dtype = dtype or _model_dtype(module)
+        hidden_size = _hidden_size(module)
+        if hidden_size is not None:
+            item = torch.empty(0, dtype=dtype).element_size()
+            _check_bytes(len(task) * k * longest * hidden_size * item, max_bytes, f"task {task.name}")
+        model_key = model_key or model_digest(module, layer, layout=layout)
+
+        order = torch.argsort(lengths, descending=True, stable=True)
+        device = _device_of(module)
+        hidden = None
+        for start in range(0, len(task), batch_size):
+            idx = order[start : start + batch_size]
+            batch = next(iter(task.subset(idx).batches(len(idx))))
+            inputs = {n: v.to(device) if isinstance(v, Tensor) else v for n, v in batch["inputs"].items()}
+            h = _run_prefix(module, layers, layer, inputs)  # [B*k, T, H]
+            t = h.shape[1]
+            if hidden is None:
+                nbytes = len(task) * k * longest * h.shape[-1] * torch.empty(0, dtype=dtype).element_size()
+                _check_bytes(nbytes, max_bytes, f"task {task.name}")
+                hidden = torch.zeros(len(task), k, longest, h.shape[-1], dtype=dtype)
+            h = h.reshape(len(idx), k, t, -1).to("cpu", dtype)
+            # positions past an example's own length are padding: keep them zero
+            keep = torch.arange(t)[None, :] < lengths[idx][:, None]
+            hidden[idx, :, :t] = h * keep[:, None, :, None].to(h.dtype)
+        return cls(task, hidden, lengths, layer=layer, model_key=model_key)
+
+    # --- identity and persistence -----------------------------------------------------------
+    @property
+    def data_key(self) -> str:
+        """Digest of the wrapped task's inputs (:func:`task_digest`)."""
+        if self._data_key is None:
+            self._data_key = task_digest(self.task)
+        return self._data_key
+
+    @property
+    def key(self) -> str:
+        """Digest of (frozen prefix weights, layer, the task's inputs): equal keys, equal cache."""
+        return _combine(self.model_key, self.layer, self.data_key)
+
+    @property
+    def nbytes(self) -> int:
+        return self.hidden.numel() * self.hidden.element_size()
+
+    def save(self, path: str | Path) -> Path:
+        """Write the hidden states to ``path`` (safetensors) and the key to ``path``.json."""
+        path = Path(path)
+        meta = {
+            "version": CACHE_VERSION,
+            "key": self.key,
+            "model_key": self.model_key,
+            "data_key": self.data_key,
+            "layer": self.layer,
+            "name": self.task.name,
+            "examples": len(self),
+            "shape": list(self.hidden.shape),
+            "dtype": str(self.hidden.dtype),
+        }
+        save_tensors(path, {"hidden": self.hidden, "lengths": self.lengths}, meta)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, task, model: FunctionalModel | nn.Module, *, layer: int | None = None,
+             model_key: str | None = None) -> CachedTask:
+        """A cache saved by :meth:`save`, checked against ``task`` and ``model``: a ValueError
+        naming what differs (model, layer or data) if the saved key does not match."""
+        tensors, meta = load_tensors(path)
+        if meta.get("version") != CACHE_VERSION or "key" not in meta:
+            raise ValueError(f"{path}: not a prefix cache of version {CACHE_VERSION}")
+        layout = model.layout if isinstance(model, FunctionalModel) else None
+        module = model.model if isinstance(model, FunctionalModel) else model
+        layout = layout or ParamLayout.from_model(module, _theta_names(module))
+        layer = _check_layer(layout, layer)
+        model_key = model_key or model_digest(module, layer, layout=layout)
+        data_key = task_digest(task)
+        for what, mine, theirs in (("layer", layer, meta["layer"]), ("model", model_key, meta["model_key"]),
+                                   ("data", data_key, meta["data_key"])):
+            if mine != theirs:
+                raise ValueError(
+                    f"{path}: stale prefix cache, its {what} differs ({theirs!r} saved, {mine!r} now)"
+                )
+        if _combine(model_key, layer, data_key) != meta["key"]:
+            raise ValueError(f"{path}: the prefix cache's key does not match its parts")
+        return cls(task, tensors["hidden"], tensors["lengths"], layer=layer, model_key=model_key, data_key=data_key)
+
+    # --- the EncodedTask protocol -------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.task.name
+
+    @property
+    def num_classes(self) -> int:
+        return self.task.num_classes
+
+    @property
+    def labels(self) -> Tensor:
+        return self.task.labels
+
+    def __len__(self) -> int:
+        return len(self.task)
+
+    def __repr__(self) -> str:
+        return (
+            f"CachedTask({self.task!r}, layer={self.layer}, hidden={list(self.hidden.shape)}, "
+            f"{self.nbytes / 2**20:.1f} MiB)"
+        )
+
+    def _attach(self, batch: dict) -> dict:
+        inputs = dict(batch["inputs"])
+        ref = inputs.get("attention_mask", inputs.get("input_ids"))
+        t = int(ref.shape[-1])
+        if t > self.hidden.shape[2]:
+            raise ValueError(f"a batch of length {t} is longer than the cache ({self.hidden.shape[2]})")
+        idx = batch["index"].to(self.hidden.device)
+        h = self.hidden[idx, :, :t].reshape(-1, t, self.hidden.shape[-1])
+        if h.shape[0] != ref.shape[0]:
+            raise ValueError(f"the batch has {ref.shape[0]} input rows, the cache gives {h.shape[0]}")
+        inputs["inputs_embeds"] = h.to(ref.device)
+        return {**batch, "inputs": inputs}
+
+    def batches(self, batch_size: int, shuffle: bool = False,
+                generator: torch.Generator | None = None) -> Iterator[dict]:
+        """The wrapped task's batches (same order, same shuffling) with ``inputs_embeds``."""
+        for batch in self.task.batches(batch_size, shuffle=shuffle, generator=generator):
+            yield self._attach(batch)
+
+    def full_batch(self) -> dict:
+        """One batch holding every example, in order."""
+        return next(iter(self.batches(len(self))))
+
+    def class_logits(self, forward, batch: dict) -> Tensor:
+        """The wrapped task's class logits, ``forward`` being the suffix model at θ."""
+        try:
+            return self.task.class_logits(forward, batch)
+        except ValueError as e:
+            if "inputs_embeds" in str(e) and "input_ids" in str(e):
+                raise ValueError(
+                    f"{e} — a CachedTask batch goes through the suffix model "
+                    "(with_prefix_cache / suffix_functional_model), not the full model"
+                ) from e
+            raise
+
+    def subset(self, index: Any) -> CachedTask:
+        """The examples at ``index`` (their cached states, no recomputation)."""
+        sub = self.task.subset(index)
+        idx = _normalise_index(index, len(self))
+        lengths = self.lengths[idx]
+        longest = int(lengths.max())
+        hidden = self.hidden[idx.to(self.hidden.device), :, :longest]
+        return CachedTask(sub, hidden, lengths, layer=self.layer, model_key=self.model_key)
+
+
+# --- one call -----------------------------------------------------------------------------------
+
+
+def with_prefix_cache(
+    fm: FunctionalModel,
+    *tasks,
+    max_bytes: int | None = DEFAULT_MAX_BYTES,
+    batch_size: int = 32,
+    cache_dir: str | Path | None = None,
+    verify: bool = True,
+) -> tuple:
+    """``(suffix_fm, *cached_tasks)`` for ``fm`` and ``tasks``, or ``(fm, *tasks)`` unchanged when
+    every layer is adapted (first adapted layer 0 or None).
+
+    ``max_bytes`` bounds the caches of all ``tasks`` together (checked before anything is
+    computed). With ``cache_dir``, a cache whose key matches is loaded from
+    ``<cache_dir>/<name>-<key>.safetensors`` and new ones are saved there. ``verify`` compares
+    the suffix path with the full model on two examples at a perturbed θ (a clear error for an
+    architecture whose embeddings this module does not know how to skip).
+    """
+    layer = first_adapted_layer(fm.layout)
+    if layer is None or layer == 0:
+        return (fm, *tasks)
+    suffix = suffix_functional_model(fm, layer)
+    model_key = model_digest(fm.model, layer, layout=fm.layout)
+    total = sum(cache_bytes(t, fm.model) for t in tasks)
+    _check_bytes(total, max_bytes, f"{len(tasks)} task(s) " + ", ".join(t.name for t in tasks))
+
+    cached = []
+    for task in tasks:
+        done = None
+        if cache_dir is not None:
+            path = Path(cache_dir) / f"{task.name}-{_combine(model_key, layer, task_digest(task))}.safetensors"
+            if path.exists():
+                done = CachedTask.load(path, task, fm, layer=layer, model_key=model_key)
+        if done is None:
+            done = CachedTask.build(task, fm, layer=layer, batch_size=batch_size, max_bytes=max_bytes,
+                                    model_key=model_key)
+            if cache_dir is not None:
+                done.save(path)
+        cached.append(done)
+    if verify and tasks:
+        check_suffix(fm, suffix, tasks[0], cached[0])
+    return (suffix, *cached)
+
+
+def check_suffix(fm: FunctionalModel, suffix: FunctionalModel, task, cached: CachedTask,
+                 *, examples: int = 2, atol: float | None = None) -> float:
+    """Compare class logits of the full and the suffix path on a few examples at a perturbed θ;
+    raise a ValueError if they differ by more than ``atol`` (default 1e-4 for float32 models,
+    5e-2 otherwise). Returns the largest difference."""
+    if atol is None:
+        atol = 1e-4 if _model_dtype(fm.model) in (torch.float32, torch.float64) else 5e-2
+    n = min(examples, len(task))
+    index = torch.arange(n)
+    batch_full = next(iter(task.subset(index).batches(n)))
+    batch_suf = next(iter(cached.subset(index).batches(n)))
+    g = torch.Generator().manual_seed(0)
+    base = fm.layout.read(fm.model)
+    theta = base + 0.05 * torch.randn(base.shape, generator=g).to(base)
+    with torch.no_grad():
+        a = task.class_logits(fm.forward_at(theta), batch_full)
+        b = cached.class_logits(suffix.forward_at(theta), batch_suf)
+    diff = float((a - b).abs().max())
+    if not math.isfinite(diff) or diff > atol:
+        raise ValueError(
+            f"the cached-prefix model disagrees with the full model by {diff:.3g} (> {atol}); "
+            f"{type(fm.model.get_base_model() if hasattr(fm.model, 'get_base_model') else fm.model).__name__} "
+            "is probably an architecture whose embeddings the prefix cache cannot skip"
+        )
+    return diff
