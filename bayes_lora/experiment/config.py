@@ -168,6 +168,8 @@ class AnchorsConfig:
     batch_size: int = _spec(default=16, ge=1)
     weight_decay: float = _spec(default=0.0, ge=0)
     max_steps: int = _spec(default=0, ge=0, doc="0 = no limit")
+    path: str = _spec(default="", doc="use these fine-tuned anchors (an anchors.safetensors of an earlier run) "
+                                      "instead of training them; '' = train")
 
 
 @dataclass(frozen=True)

@@ -105,7 +105,10 @@ def _latents(posterior, n: int) -> tuple[dict[str, Any], dict[str, Any] | None, 
             div = torch.as_tensor(raw["diverging"], dtype=torch.bool)
             if div.shape == t.shape:
                 stats = {"diverging": div.numpy()}
-                for k in ("step_size", "acceptance_rate"):
+                for k in ("energy", "n_steps"):  # per draw
+                    if k in raw and torch.as_tensor(raw[k]).shape == t.shape:
+                        stats[k] = torch.as_tensor(raw[k]).numpy()
+                for k in ("step_size", "acceptance_rate"):  # per chain
                     if k in raw and len(raw[k]) == t.shape[0] and all(math.isfinite(x) for x in raw[k]):
                         stats[k] = torch.tensor(raw[k]).numpy()
         return lat, stats, int(t.shape[0])

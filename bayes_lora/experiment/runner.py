@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from ..lora.io import atomic_write_bytes, atomic_write_json, load_tensors, save_tensors
+from ..lora.io import atomic_write_bytes, atomic_write_json, file_digest, load_tensors, save_tensors
 from .config import ExperimentConfig, dump_toml, hash_json, smoke as smoke_config
 from .evaluate import Evaluation, evaluate, posterior_idata
 from .stages import StageStore
@@ -58,7 +58,9 @@ class Runner:
     def key(self, stage: str, method: str | None = None) -> str:
         c = self.cfg
         data = hash_json({"model": c.digest("model"), "data": c.digest("data"), "seed": c.seed})
-        anchors = hash_json([data, c.digest("lora"), c.digest("anchors"), list(c.anchor_seeds)])
+        given = c.anchors.path
+        anchors = hash_json([data, c.digest("lora"), c.digest("anchors"), list(c.anchor_seeds),
+                             file_digest(given) if given and Path(given).is_file() else ""])
         curve_d = {k: v for k, v in c.to_dict()["curve"].items() if k not in ("path_points", "path_examples")}
         curve = hash_json([anchors, curve_d])
         if stage == "anchors":
@@ -152,31 +154,57 @@ class Runner:
                            seed=self.cfg.seed if seed is None else seed, max_steps=a.max_steps or None)
 
     def anchors(self) -> Tensor:
+        """The M fine-tuned optima [M, D]: one stage per anchor (a killed run keeps the finished
+        ones), or the checked contents of ``anchors.path``."""
+        from ..lora.params import ParamLayout
         from ..lora.spaces import FullSpace
         from ..lora.train import fine_tune
 
         p = self.prep
+        if self.cfg.anchors.path:
+            return self._given_anchors()
         meta = {"layout": p.fm.layout.to_json(), "backbone": p.backbone.metadata()}
+        base = self.key("anchors")
+        thetas = []
+        for i, s in enumerate(self.cfg.anchor_seeds):
+            def build(folder: Path, s=int(s)):
+                res = fine_tune(p.fm, FullSpace(p.fm.layout), p.train, self._train_config(s), progress=self.progress)
+                save_tensors(folder / "anchor.safetensors", {"theta": res.latent}, {**meta, "seed": s})
+                atomic_write_json(folder / "train.json", {"seed": s, "losses": list(res.losses),
+                                                          "seconds": res.seconds})
+                return {"seconds": res.seconds}
 
-        def build(folder: Path):
-            thetas, losses, secs = [], [], []
-            for s in self.cfg.anchor_seeds:
-                res = fine_tune(p.fm, FullSpace(p.fm.layout), p.train, self._train_config(int(s)),
-                                progress=self.progress)
-                thetas.append(res.latent)
-                losses.append(list(res.losses))
-                secs.append(res.seconds)
-            save_tensors(folder / "anchors.safetensors", {"thetas": torch.stack(thetas)}, meta)
-            atomic_write_json(folder / "train.json", {"seeds": list(self.cfg.anchor_seeds), "losses": losses,
-                                                      "seconds": secs})
-            return {"seconds_each": secs}
+            folder = self._stage(f"anchor:{i}", hash_json([base, i, int(s)]), build)
+            tensors, saved = load_tensors(folder / "anchor.safetensors")
+            p.fm.layout.check_same(ParamLayout.from_json(saved["layout"]), what=f"anchor {i} of this run")
+            thetas.append(tensors["theta"])
+        return torch.stack(thetas)
 
-        folder = self._stage("anchors", self.key("anchors"), build)
-        tensors, saved = load_tensors(folder / "anchors.safetensors")
+    def _given_anchors(self) -> Tensor:
+        """Anchors from a file, checked against this run's base model, target modules and shapes."""
         from ..lora.params import ParamLayout
 
-        p.fm.layout.check_same(ParamLayout.from_json(saved["layout"]), what="the anchors of this run")
-        return tensors["thetas"]
+        p, path = self.prep, Path(self.cfg.anchors.path)
+        if not path.is_file():
+            raise FileNotFoundError(f"anchors.path: {path} does not exist")
+        tensors, saved = load_tensors(path)
+        stack = tensors.get("thetas", tensors.get("theta"))
+        if stack is None:
+            raise ValueError(f"anchors.path: {path} holds no 'thetas' tensor (save anchors with save_theta_stack)")
+        stack = stack.reshape(-1, stack.shape[-1])
+        mine = p.backbone.metadata()
+        theirs = saved.get("backbone", {})
+        for key in ("base_model", "target_modules", "rank", "layers"):
+            if key in theirs and theirs[key] != mine[key]:
+                raise ValueError(f"anchors.path: {path} was trained with {key} = {theirs[key]!r}, this run uses "
+                                 f"{mine[key]!r}; train anchors for this model or change the config")
+        if "layout" not in saved:
+            raise ValueError(f"anchors.path: {path} has no layout in its JSON sidecar; cannot check it")
+        p.fm.layout.check_same(ParamLayout.from_json(saved["layout"]), what=f"anchors.path {path}")
+        if stack.shape[0] != self.cfg.anchors.count:
+            raise ValueError(f"anchors.path: {path} holds {stack.shape[0]} anchors but anchors.count = "
+                             f"{self.cfg.anchors.count}")
+        return stack
 
     def curve(self, anchors: Tensor):
         from ..lora.curve_train import CurveConfig, train_curve
@@ -288,6 +316,8 @@ class Runner:
         atomic_write_bytes(self.out / "config.toml", dump_toml(self.cfg.to_dict()).encode())
         self.prepare()
         anchors = self.anchors()
+        save_tensors(self.out / "anchors.safetensors", {"thetas": anchors},  # reusable: anchors.path
+                     {"layout": self.prep.fm.layout.to_json(), "backbone": self.prep.backbone.metadata()})
         curve = paths = None
         if self.cfg.anchors.count >= 2:
             curve = self.curve(anchors)
