@@ -58,7 +58,7 @@ def test_no_unsafe_deserialisation_in_the_package():
     for path in (REPO / "bayes_lora").rglob("*.py"):
         for i, line in enumerate(path.read_text().splitlines(), 1):
             code = line.split("#")[0]
-            if re.search(r"\bimport pickle\b|\bpickle\.|\bdill\b|\bjoblib\b|\beval\(|\bexec\(", code):
+            if re.search(r"\bimport pickle\b|\bpickle\.loads?\(|\bimport dill\b|\bjoblib\.load\(|(?<![.\w])eval\(|(?<![.\w])exec\(", code):
                 bad.append(f"{path.name}:{i}: {line.strip()}")
             if "torch.load(" in code and "weights_only=True" not in code:
                 bad.append(f"{path.name}:{i}: {line.strip()}")
