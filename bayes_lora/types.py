@@ -4,8 +4,9 @@ Nothing here imports torch-heavy optional libraries; every subpackage may import
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Mapping, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -44,7 +45,7 @@ class EncodedTask(Protocol):
     def class_logits(self, forward: ForwardFn, batch: Batch) -> Tensor:
         """Run ``forward(**batch["inputs"])`` and return class logits of shape [B, C]."""
 
-    def subset(self, index: Tensor) -> "EncodedTask":
+    def subset(self, index: Tensor) -> EncodedTask:
         """The examples at ``index`` (a LongTensor), as a task of the same kind."""
 
 

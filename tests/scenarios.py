@@ -15,11 +15,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-WORDS = (
-    "good great fine nice happy love best fun bad awful poor sad hate worst boring dull "
-    "the a movie film was is it this very not plot acting story question answer what which "
-    "sun moon water rock plant animal hot cold big small red blue green yes no"
-).split()
+WORDS = ["good", "great", "fine", "nice", "happy", "love", "best", "fun", "bad", "awful", "poor", "sad", "hate", "worst", "boring", "dull", "the", "a", "movie", "film", "was", "is", "it", "this", "very", "not", "plot", "acting", "story", "question", "answer", "what", "which", "sun", "moon", "water", "rock", "plant", "animal", "hot", "cold", "big", "small", "red", "blue", "green", "yes", "no"]
 POSITIVE = WORDS[:8]
 NEGATIVE = WORDS[8:16]
 FILLER = WORDS[16:]

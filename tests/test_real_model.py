@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import SHARED_DATA, real_setup_available
 
 ok, why = real_setup_available()

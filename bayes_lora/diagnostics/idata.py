@@ -463,7 +463,30 @@ def loo(idata: az.InferenceData, *, pointwise: bool = False, reff: float | None 
     """
     import arviz as az
 
+    ll = idata.log_likelihood["y"]
+    if ll.sizes.get("chain", 1) * ll.sizes.get("draw", 1) == 1:
+        return _single_draw_loo(ll, pointwise)
     return az.loo(idata, pointwise=pointwise, reff=_reff(idata) if reff is None else reff)
+
+
+def _single_draw_loo(ll, pointwise: bool):
+    """A point predictive (MAP, closed-form GLM): nothing to leave out, elpd = lppd, p_loo = 0.
+
+    Importance sampling over one draw is undefined (ArviZ raises); the honest value is the plain
+    log predictive density, with Pareto k undefined (NaN).
+    """
+    import arviz as az
+
+    elpd_i = ll.isel(chain=0, draw=0)
+    n = int(elpd_i.size)
+    values = elpd_i.values.astype(float)
+    se = float(np.sqrt(n * np.var(values)))
+    head = [float(values.sum()), se, 0.0, 1, n, False]
+    names = ["elpd_loo", "se", "p_loo", "n_samples", "n_data_points", "warning"]
+    if pointwise:
+        head += [elpd_i.rename("loo_i"), elpd_i.copy(data=np.full(n, np.nan)).rename("pareto_shape")]
+        names += ["loo_i", "pareto_k"]
+    return az.ELPDData(data=[*head, "log", 0.7], index=[*names, "scale", "good_k"])
 
 
 def waic(idata: az.InferenceData, *, pointwise: bool = False) -> Any:

@@ -1,8 +1,8 @@
 """``compare``: fit (or load) several methods on one task and tabulate them the same way."""
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
 
 from .evaluate import METRICS, Evaluation, evaluate
 

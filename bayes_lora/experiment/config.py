@@ -16,10 +16,12 @@ import inspect
 import json
 import math
 import re
-import tomllib
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping, get_args, get_origin, get_type_hints
+from typing import Any, ClassVar, get_args, get_origin, get_type_hints
+
+import tomllib
 
 TASKS = ("sst2", "arc_easy", "arc_challenge", "openbookqa")
 SPLITS = ("train", "dev", "test")
@@ -264,11 +266,11 @@ class ExperimentConfig:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     methods: dict = field(default_factory=dict)  # label → MethodConfig
 
-    TABLES = {"model": ModelConfig, "lora": LoraConfig, "data": DataConfig, "anchors": AnchorsConfig,
+    TABLES: ClassVar[dict[str, type]] = {"model": ModelConfig, "lora": LoraConfig, "data": DataConfig, "anchors": AnchorsConfig,
               "curve": CurveSection, "evaluation": EvaluationConfig, "runtime": RuntimeConfig}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "ExperimentConfig":
+    def from_dict(cls, d: Mapping[str, Any]) -> ExperimentConfig:
         from ..models.spec import CurvePosteriorSpec
 
         if not isinstance(d, Mapping):
@@ -346,7 +348,7 @@ class ExperimentConfig:
         sel = d if not parts else {p: _select(d, p) for p in parts}
         return hash_json(sel)
 
-    def with_overrides(self, **tables: Mapping[str, Any]) -> "ExperimentConfig":
+    def with_overrides(self, **tables: Mapping[str, Any]) -> ExperimentConfig:
         """A copy with some keys of some tables replaced (``methods`` as a whole); validated again."""
         d = self.to_dict()
         for name, values in tables.items():

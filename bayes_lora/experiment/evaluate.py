@@ -42,8 +42,8 @@ def evaluate(
     ``ood_auroc_entropy`` (predictive entropy as the score).
     """
     atoms = getattr(posterior, "num_atoms", None)
-    if atoms:  # a finite posterior: its atoms are the exact predictive, more draws only repeat them
-        num_samples = atoms if num_samples is None else min(int(num_samples), atoms)
+    if atoms:  # a finite posterior: its atoms are the exact predictive (more would repeat them)
+        num_samples = atoms
     start = time.perf_counter()
     pred = posterior.predict(test, num_samples=num_samples, seed=seed, batch_size=batch_size)
     seconds = time.perf_counter() - start

@@ -63,8 +63,7 @@ def write_report(runner, results: dict) -> None:
 
 
 def _predictions(runner, label: str):
-    tensors, _ = load_tensors(runner.store.path(f"eval:{label}") / "predictions.safetensors")
-    return tensors
+    return runner.predictions(label)
 
 
 def _figures(runner, results: dict) -> list[tuple[str, str]]:
@@ -87,7 +86,7 @@ def _figures(runner, results: dict) -> list[tuple[str, str]]:
                 fig = make(fig_dir / name)
             plt.close(fig)
             made.append((name, caption))
-        except Exception as e:  # a figure must never cost the run its results
+        except Exception as e:  # noqa: BLE001 - a figure must never cost the run its results
             runner.log(f"figure {name} skipped: {type(e).__name__}: {e}")
 
     if results.get("paths"):
@@ -126,8 +125,8 @@ def _markdown(runner, results: dict, rows: list[dict], figures: list[tuple[str, 
              + f"; {results['data'].get('train_examples')} training and {results['data'].get('test_examples')} test "
              f"examples; config hash `{results['config_hash']}`" + (" — **smoke run**" if results.get("smoke") else "")
              + ".", "", "## Methods", "", markdown_table(rows, extra),
-             "ECE in percent (15 bins); NLL in nats; mutual information = epistemic part of the predictive "
-             "entropy; AURC = area under the risk–coverage curve (lower is better).", ""]
+             ("ECE in percent (15 bins); NLL in nats; mutual information = epistemic part of the predictive "
+              "entropy; AURC = area under the risk–coverage curve (lower is better)."), ""]
     if results.get("paths"):
         lines += ["## Paths between optima", "", "| path | barrier | min accuracy | max loss |", "|---|---:|---:|---:|"]
         for name, p in results["paths"].items():

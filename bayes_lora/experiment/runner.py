@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import Tensor
 
 from ..lora.io import atomic_write_bytes, atomic_write_json, file_digest, load_tensors, save_tensors
-from .config import ExperimentConfig, dump_toml, hash_json, smoke as smoke_config
+from .config import ExperimentConfig, dump_toml, hash_json
+from .config import smoke as smoke_config
 from .evaluate import Evaluation, evaluate, posterior_idata
 from .stages import StageStore
 
@@ -105,14 +106,14 @@ class Runner:
                             target_modules=tuple(c.lora.target_modules), train_head=c.lora.train_head,
                             layers=tuple(c.lora.layers) or None)
         bb = load_backbone(c.model.name, kind=c.model.kind, num_labels=train.num_classes, lora=lora)
-        enc = lambda ds: encode(ds, bb.tokenizer, max_length=c.model.max_length)  # noqa: E731
+        enc = lambda ds: encode(ds, bb.tokenizer, max_length=c.model.max_length)
         tr, te = enc(train), enc(test)
         oo = enc(ood) if ood is not None else None
         fm = FunctionalModel(bb.model)
         if c.runtime.prefix_cache:
             fm, tr, te, oo = self._prefix_cache(fm, tr, te, oo)
         info = {"train_examples": len(tr), "test_examples": len(te), "ood_examples": 0 if oo is None else len(oo),
-                "lora_numbers": int(fm.layout.size) if hasattr(fm.layout, "size") else None}
+                "lora_numbers": int(fm.layout.dim)}
         self.prep = Prepared(c, bb, fm, tr, te, oo, info)
         return self.prep
 
@@ -304,6 +305,14 @@ class Runner:
 
         folder = self._stage(f"eval:{label}", self.key("eval", label), build)
         return json.loads((folder / "metrics.json").read_text())
+
+    def predictions(self, label: str) -> dict[str, Tensor]:
+        """A finished method's saved predictive: ``probs`` [S, N, C], ``labels`` [N] (and
+        ``ood_probs`` with an OOD task)."""
+        f = self.store.path(f"eval:{label}") / "predictions.safetensors"
+        if not f.is_file():
+            raise FileNotFoundError(f"method {label!r} has no finished evaluation in {self.out}")
+        return load_tensors(f)[0]
 
     # ------------------------------------------------------------------ run ----------------
     def run(self) -> dict:

@@ -13,10 +13,11 @@ Every method is fitted by a registered function ``fit(ctx, **options) -> Posteri
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -157,7 +158,7 @@ class Posterior:
         raise NotImplementedError
 
     @classmethod
-    def from_state(cls, fm: FunctionalModel, tensors: dict[str, Tensor], meta: dict, ctx: FitContext | None = None) -> "Posterior":
+    def from_state(cls, fm: FunctionalModel, tensors: dict[str, Tensor], meta: dict, ctx: FitContext | None = None) -> Posterior:
         raise NotImplementedError
 
     def save(self, path: str | Path) -> Path:

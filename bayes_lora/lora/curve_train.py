@@ -99,12 +99,10 @@ def js_divergence(probs: Tensor) -> Tensor:
     return (h_mean - h_each).mean()
 
 
-def _slice_batch(batch: dict, k: int) -> dict:
-    inputs = {n: v[:k] for n, v in batch["inputs"].items()}
-    out = {**batch, "inputs": inputs, "labels": batch["labels"][:k]}
-    if "choice_mask" in batch:
-        out["choice_mask"] = batch["choice_mask"][:k]
-    return out
+def _slice_batch(task: EncodedTask, batch: dict, k: int) -> dict:
+    """The first ``k`` examples of ``batch`` as a batch of the task (any task kind: classification
+    rows, multiple-choice [B·C] rows, cached hidden states)."""
+    return task.subset(batch["index"][:k]).full_batch()
 
 
 def train_curve(
@@ -145,7 +143,7 @@ def train_curve(
             loss = F.cross_entropy(logits, batch["labels"])
             js = torch.zeros(())
             if config.js_weight > 0:
-                sub = _slice_batch(batch, config.js_batch)
+                sub = _slice_batch(task, batch, config.js_batch)
                 k = sub["labels"].shape[0]
                 probs = [logits[:k].softmax(-1)]
                 for t_m in ts[1:]:

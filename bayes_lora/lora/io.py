@@ -5,10 +5,10 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
-import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 

@@ -9,9 +9,9 @@ can be evaluated one after the other or under :func:`torch.vmap`.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Iterable, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -53,7 +53,7 @@ class ParamLayout:
             raise ValueError("ParamLayout names must be unique")
 
     @classmethod
-    def from_model(cls, model: nn.Module, names: Iterable[str] | None = None) -> "ParamLayout":
+    def from_model(cls, model: nn.Module, names: Iterable[str] | None = None) -> ParamLayout:
         """Layout of ``names`` (default: every trainable parameter) of ``model``."""
         params = dict(model.named_parameters())
         names = tuple(names) if names is not None else trainable_parameter_names(model)
@@ -116,10 +116,10 @@ class ParamLayout:
         return {"names": list(self.names), "shapes": [list(s) for s in self.shapes]}
 
     @classmethod
-    def from_json(cls, obj: Mapping) -> "ParamLayout":
+    def from_json(cls, obj: Mapping) -> ParamLayout:
         return cls(tuple(obj["names"]), tuple(tuple(s) for s in obj["shapes"]))
 
-    def check_same(self, other: "ParamLayout", what: str = "θ") -> None:
+    def check_same(self, other: ParamLayout, what: str = "θ") -> None:
         """Raise a ValueError naming the first difference if ``other`` is not this layout."""
         if self == other:
             return

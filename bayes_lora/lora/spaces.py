@@ -14,7 +14,7 @@ with any leading batch dimensions and is differentiable.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn

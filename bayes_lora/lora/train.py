@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -126,7 +126,7 @@ def train_latent(
     if config.max_steps is not None:
         total = min(total, config.max_steps)
     if loss_fn is None:
-        def loss_fn(w_, batch, step):  # noqa: E306
+        def loss_fn(w_, batch, step):
             return task_loss(fm, task, space.to_theta(w_), batch)
 
     losses, snaps = [], []
@@ -197,7 +197,7 @@ def fine_tune_anchors(
     fm: FunctionalModel,
     space: ParameterSpace,
     task: EncodedTask,
-    seeds: "list[int] | tuple[int, ...]",
+    seeds: list[int] | tuple[int, ...],
     config: TrainConfig = TrainConfig(),
     *,
     progress: bool = False,

@@ -35,7 +35,7 @@ class LogitGrid:
 
     @classmethod
     @torch.no_grad()
-    def build(cls, model: CurveModel, knots: int = 33) -> "LogitGrid":
+    def build(cls, model: CurveModel, knots: int = 33) -> LogitGrid:
         import time
 
         if model.spec.offset.dim:

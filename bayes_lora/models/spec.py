@@ -6,8 +6,9 @@ True
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -54,7 +55,7 @@ class Prior:
         return torch.distributions.Beta(a, b).log_prob(t.clamp(1e-6, 1 - 1e-6))
 
     @classmethod
-    def parse(cls, value: Any) -> "Prior":
+    def parse(cls, value: Any) -> Prior:
         """From "uniform", {"beta": [a, b]}, {"name": "beta", "params": [a, b]} or a Prior."""
         if isinstance(value, Prior):
             return value
@@ -150,7 +151,7 @@ class CurvePosteriorSpec:
             raise ValueError(f"likelihood_examples must be ≥ 1, got {self.likelihood_examples}")
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "CurvePosteriorSpec":
+    def from_dict(cls, d: Mapping[str, Any]) -> CurvePosteriorSpec:
         """The same spec from a plain dict / TOML table; unknown keys are errors naming them."""
         d = dict(d)
         _check_keys(cls, d, "posterior")

@@ -1,15 +1,19 @@
 """The declarative config: validated on load, errors name the key and what is allowed."""
 from __future__ import annotations
 
-import tomllib
-
 import pytest
+import tomllib
+from conftest import REPO
 from scenarios import tiny_run_config
 
 from bayes_lora.experiment.cli import default_config_path
-from bayes_lora.experiment.config import ConfigError, ExperimentConfig, dump_toml, load_config, smoke
-
-from conftest import REPO
+from bayes_lora.experiment.config import (
+    ConfigError,
+    ExperimentConfig,
+    dump_toml,
+    load_config,
+    smoke,
+)
 
 BASE = tiny_run_config("/nonexistent/model")
 

@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from bayes_lora.inference import fit, load
-from bayes_lora.lora import BezierCurve, FullSpace
+from bayes_lora.inference.curve import grid_posterior
+from bayes_lora.lora import FullSpace
 from bayes_lora.lora.curve_train import CurveConfig, linear_and_curve_paths, train_curve
 from bayes_lora.models import CurveModel, CurvePosteriorSpec, TaskLogits
-from bayes_lora.inference.curve import grid_posterior
 
 
 def _rotated(ctx, seed=0):

@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from bayes_lora.lora import BezierCurve, FullSpace
-from bayes_lora.models import CurveModel, CurvePosteriorSpec, CurveSpec, OffsetSpec, Prior, TaskLogits
+from bayes_lora.models import (
+    CurveModel,
+    CurvePosteriorSpec,
+    CurveSpec,
+    OffsetSpec,
+    Prior,
+    TaskLogits,
+)
 from bayes_lora.models.curve import offset_basis
 
 
