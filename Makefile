@@ -26,8 +26,11 @@ test-all: $(VENV)/.installed
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check bayes_lora tests benchmarks
 
-bench: $(VENV)/.installed
-	$(PY) benchmarks/run_all.py
+bench: $(VENV)/.installed   # needs a finished `make demo` (re-uses its stages)
+	$(PY) benchmarks/compare_methods.py --out $(OUT) $(if $(DATA),--data-dir $(DATA),)
+	$(PY) benchmarks/curve_valley.py $(if $(DATA),--data-dir $(DATA),)
+	$(PY) benchmarks/prefix_cache.py
+	$(PY) benchmarks/perf.py --run $(OUT) $(if $(DATA),--data-dir $(DATA),)
 
 clean-venv:
 	rm -rf $(VENV)

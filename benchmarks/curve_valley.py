@@ -10,9 +10,9 @@ them (the default config's curve options), and prints, measured in this one run:
 * the mutual information of the curve's model average (t uniform along the curve, and the
   exact posterior over t on a grid) versus the ensemble of its anchors, with accuracy and NLL.
 
-Stages are cached in ``--out`` (re-running prints the table again in seconds).
+Re-uses the stages of the default run in ``--out`` (``make demo``), adding two method stages.
 
-    python benchmarks/curve_valley.py [--anchors 2] [--out runs/bench-curve] [--data-dir ../shared/data]
+    python benchmarks/curve_valley.py [--anchors 3] [--out runs/default] [--data-dir ../shared/data]
 """
 from __future__ import annotations
 
@@ -30,8 +30,8 @@ REPO = Path(__file__).resolve().parents[1]
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=str(REPO / "configs" / "default.toml"))
-    p.add_argument("--anchors", type=int, default=2, help="number of anchors (curve segments + 1)")
-    p.add_argument("--out", default=str(REPO / "runs" / "bench-curve"))
+    p.add_argument("--anchors", type=int, default=3, help="number of anchors (curve segments + 1)")
+    p.add_argument("--out", default=str(REPO / "runs" / "default"), help="run folder (stages are re-used)")
     p.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
     p.add_argument("--points", type=int, default=21, help="points of the uniform average along the curve")
     p.add_argument("--smoke", action="store_true")
@@ -43,21 +43,26 @@ def main() -> int:
     from bayes_lora.inference.base import predict_probs
 
     cfg = load_config(args.config)
-    cfg = cfg.with_overrides(
-        anchors={"count": args.anchors, "seeds": []},
-        curve={"path_points": 21},
-        methods={"ensemble": {"method": "ensemble"},
-                 "curve_grid": {"method": "curve", "inference": "grid", "grid_points": 101, "num_samples": 16}},
-    )
+    if args.anchors != cfg.anchors.count:
+        cfg = cfg.with_overrides(anchors={"count": args.anchors, "seeds": []})
     t0 = time.perf_counter()
-    runner = Runner(cfg, args.out, data_dir=args.data_dir, smoke=args.smoke, progress=False)
-    res = runner.run()
-    curve = runner.curve(runner.anchors())
-    lin, cur = res["paths"]["linear"], res["paths"]["curve"]
+    # the run's own stages (anchors, curve, paths) plus two extra method stages; the run's
+    # results.json and report are left alone
+    runner = Runner(cfg, args.out, data_dir=args.data_dir, smoke=args.smoke, progress=False, log=lambda m: None)
+    runner.prepare()
+    anchors = runner.anchors()
+    curve = runner.curve(anchors)
+    paths = runner.paths(curve)
+    ctx = runner.context(anchors, curve)
+    extra = {"bench_ensemble": {"method": "ensemble"},
+             "bench_curve_grid": {"method": "curve", "inference": "grid", "grid_points": 101, "num_samples": 16}}
+    runner.cfg = runner.cfg.with_overrides(methods={**{k: {"method": m.method, **m.options}
+                                                       for k, m in runner.cfg.methods.items()}, **extra})
+    res = {label: runner.evaluate_method(label, runner.fit_method(label, ctx)) for label in extra}
+    lin, cur = paths["linear"], paths["curve"]
     ratio = cur["barrier"] / lin["barrier"] if lin["barrier"] > 0 else float("nan")
 
     test, fm = runner.prep.test, runner.prep.fm
-    anchors = runner.anchors()
     anchor_acc = [summarize(predict_probs(fm, test, a[None]), test.labels)["accuracy"] for a in anchors]
     K = curve.segments
     mids = [(k + 0.5) / K for k in range(K)]
@@ -66,7 +71,7 @@ def main() -> int:
         uniform = curve(torch.linspace(0, 1, args.points))
     mid_acc = [summarize(predict_probs(fm, test, th[None]), test.labels)["accuracy"] for th in mid_thetas]
     uni = summarize(predict_probs(fm, test, uniform), test.labels)
-    ens, post = res["methods"]["ensemble"], res["methods"]["curve_grid"]
+    ens, post = res["bench_ensemble"], res["bench_curve_grid"]
     best = max(anchor_acc)
 
     print(f"\nCurve valley — {cfg.model.name} on {cfg.data.task}, {args.anchors} anchors, "

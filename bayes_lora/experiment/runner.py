@@ -348,10 +348,19 @@ class Runner:
             "paths": paths or {},
         }
         results["wall_seconds"] = time.perf_counter() - t0
+        results["peak_rss_mb"] = _peak_rss_mb()
         write_report(self, results)
         self.log(f"results in {self.out}/results.json, report in {self.out}/report.md "
                  f"({results['wall_seconds']:.0f} s)")
         return results
+
+
+def _peak_rss_mb() -> float | None:
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on Windows
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def run(cfg: ExperimentConfig, out: str | Path, **kw) -> dict:

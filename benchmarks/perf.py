@@ -1,0 +1,174 @@
+"""Performance side by side, measured in one run on one machine (issue 7).
+
+(a) S = 16 predictive: bayes_lora (frozen-prefix cache + functional model) ÷ the hand loop over
+    peft (write sample s into the model, run the data, repeat)              target ≤ 0.5
+(b) subspace Laplace (LoRA-XS cores, full Hessian) fit ÷ laplace-torch K-FAC Laplace on the full
+    LoRA tensors of the same model, with both NLL / ECE                      target ≤ 0.5
+(c) one curve-training step ÷ one plain LoRA step                           target ≤ 1.3
+(d) NUTS effective samples of t per second: NumPyro on cached logits vs Pyro on the model
+(e) the default demo's wall time and peak memory (from runs/default/results.json)
+
+Needs a finished default run (``make demo``): it re-uses its anchors and projected MAP.
+Writes the table to benchmarks/RESULTS.md.
+
+    python benchmarks/perf.py [--run runs/default] [--data-dir ../shared/data] [--quick]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _timed(fn):
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", default=str(REPO / "runs" / "default"))
+    p.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
+    p.add_argument("--samples", type=int, default=16)
+    p.add_argument("--quick", action="store_true", help="fewer test examples / steps (a smoke check)")
+    p.add_argument("--out", default=str(REPO / "benchmarks" / "RESULTS.md"))
+    args = p.parse_args()
+
+    import arviz as az
+
+    from bayes_lora.diagnostics.metrics import summarize
+    from bayes_lora.experiment.config import load_config
+    from bayes_lora.experiment.runner import Runner
+    from bayes_lora.inference.base import predict_probs
+    from bayes_lora.inference.registry import fit
+    from bayes_lora.lora.curve_train import CurveConfig, train_curve
+    from bayes_lora.lora.spaces import FullSpace
+    from bayes_lora.lora.train import TrainConfig, fine_tune
+
+    run = Path(args.run)
+    if not (run / "config.toml").is_file():
+        print(f"error: {run} is not a finished run; run `make demo` first", file=sys.stderr)
+        return 2
+    cfg = load_config(run / "config.toml")
+    rows: list[tuple[str, str, str]] = []
+
+    # the run's model twice: plain peft (the hand loop) and bayes_lora's cached functional model
+    plain = Runner(cfg.with_overrides(runtime={"prefix_cache": False}), run, data_dir=args.data_dir, progress=False,
+                   log=lambda m: None)
+    plain.prepare()
+    runner = Runner(cfg, run, data_dir=args.data_dir, progress=False, log=lambda m: None)
+    (_, cache_s) = _timed(runner.prepare)
+    anchors = runner.anchors()
+    test_plain, test = plain.prep.test, runner.prep.test
+    if args.quick:
+        idx = torch.arange(128)
+        test_plain, test = test_plain.subset(idx), test.subset(idx)
+    g = torch.Generator().manual_seed(0)
+    S = args.samples
+    thetas = anchors[torch.arange(S) % len(anchors)] + 1e-3 * torch.randn(S, anchors.shape[1], generator=g)
+
+    # (a) predictive ------------------------------------------------------------------------
+    model, layout = plain.prep.backbone.model, plain.prep.fm.layout
+
+    @torch.no_grad()
+    def hand_loop():
+        out = []
+        for th in thetas:
+            layout.write_(model, th)
+            out.append(torch.cat([test_plain.class_logits(lambda **x: model(**x).logits, b).softmax(-1)
+                                  for b in test_plain.batches(64)]))
+        return torch.stack(out)
+
+    ref, hand_s = _timed(hand_loop)
+    ours, ours_s = _timed(lambda: predict_probs(runner.prep.fm, test, thetas, batch_size=64))
+    err = (ours - ref).abs().max().item()
+    rows.append((f"(a) S={S} predictive on {len(test)} examples",
+                 (f"hand loop {hand_s:.1f} s; bayes_lora {ours_s:.1f} s (+ prefix cache built once for all "
+                  f"stages: {cache_s:.1f} s incl. model load); max |Δp| {err:.1e}"),
+                 f"**{ours_s / hand_s:.2f}** ({(ours_s + cache_s) / hand_s:.2f} with the cache build)"))
+    print(rows[-1])
+
+    # (b) subspace Laplace vs K-FAC on the full LoRA tensors --------------------------------
+    ctx = runner.context(anchors, None)
+    sub = 500
+    full_post, full_s = _timed(lambda: fit("laplace", ctx, space="full", hessian="kron", subset=sub))
+    had_map = "projected_map" in ctx.cache
+    map_s = 0.0
+    if not had_map:
+        _, map_s = _timed(ctx.projected_map)
+    proj_post, proj_s = _timed(lambda: fit("laplace", ctx, space="projected", hessian="full", subset=sub))
+    m_full = summarize(full_post.predict(test).probs, test.labels)
+    m_proj = summarize(proj_post.predict(test).probs, test.labels)
+    rows.append((f"(b) Laplace fit ({sub} examples in the Hessian)",
+                 f"K-FAC on full LoRA tensors {full_s:.1f} s, NLL {m_full['nll']:.4f}, ECE {m_full['ece']:.2f}; "
+                 f"LoRA-XS cores, full Hessian {proj_s:.1f} s, NLL {m_proj['nll']:.4f}, ECE {m_proj['ece']:.2f}"
+                 + (f" (+ LoRA-XS MAP {map_s:.0f} s)" if map_s else " (LoRA-XS MAP from the run)"),
+                 f"**{proj_s / full_s:.2f}** in time; NLL {'≤' if m_proj['nll'] <= m_full['nll'] else '>'} K-FAC's"))
+    print(rows[-1])
+
+    # (c) curve step vs plain step ----------------------------------------------------------
+    steps = 10 if args.quick else 40
+    c = cfg.curve
+    space = FullSpace(runner.prep.fm.layout)
+    plain_res, _ = _timed(lambda: fine_tune(runner.prep.fm, space, runner.prep.train,
+                                            TrainConfig(epochs=100, max_steps=steps, batch_size=c.batch_size)))
+    cc = CurveConfig(degree=c.degree, js_weight=c.js_weight, js_batch=c.js_batch, perturbation=c.perturbation,
+                     sigma=c.sigma, epochs=100, max_steps=steps, batch_size=c.batch_size)
+    curve_res = train_curve(runner.prep.fm, space, runner.prep.train, anchors, cc)
+    per_plain, per_curve = plain_res.seconds / steps, curve_res.seconds / steps
+    rows.append((f"(c) training step (batch {c.batch_size}, λ = {c.js_weight}, JS on {c.js_batch} examples)",
+                 f"plain LoRA {1000 * per_plain:.0f} ms; curve {1000 * per_curve:.0f} ms",
+                 f"**{per_curve / per_plain:.2f}**"))
+    print(rows[-1])
+
+    # (d) NUTS ESS/s -------------------------------------------------------------------------
+    ctx.cache["curve"] = runner.curve(anchors)
+    post = cfg.posterior
+    cached, cached_s = _timed(lambda: fit("curve", ctx, posterior=post, inference="nuts", logit_cache=33,
+                                          num_samples=1000, warmup=500, num_chains=4))
+    t = cached.t.numpy()
+    ess_c, rhat_c = float(az.ess(t)), float(az.rhat(t))
+    exact_n = 10 if args.quick else 20
+    exact, exact_s = _timed(lambda: fit("curve", ctx, posterior=post, inference="nuts", num_samples=exact_n,
+                                        warmup=exact_n // 2, num_chains=1))
+    ess_e = float(az.ess(exact.t.numpy()))
+    err_ll = cached.info.stats["interpolation_check"]["max_abs_error"]
+    rows.append(("(d) NUTS over t, effective samples per second",
+                 (f"NumPyro on cached logits: 4×1000 draws, ESS {ess_c:.0f}, R-hat {rhat_c:.3f}, {cached_s:.1f} s "
+                  f"(log-lik interpolation error ≤ {err_ll:.3f}); Pyro on the model: 1×{exact_n} draws, "
+                  f"ESS {ess_e:.0f}, {exact_s:.0f} s"),
+                 f"**{ess_c / cached_s:.0f}** vs {ess_e / exact_s:.2f} ESS/s"))
+    print(rows[-1])
+
+    # (e) the demo ---------------------------------------------------------------------------
+    res = json.loads((run / "results.json").read_text())
+    ran = [s for s in res.get("stages", []) if s["status"] == "ran"]
+    total = sum(s["seconds"] for s in res.get("stages", []))
+    rows.append(("(e) default demo (`make demo`)",
+                 (f"sum of stage times {total:.0f} s ({len(ran)} stages ran in the last invocation, "
+                  f"its wall time {res.get('wall_seconds', 0):.0f} s); peak RSS {res.get('peak_rss_mb') or 0:.0f} MiB"),
+                 f"**{total / 60:.1f} min**"))
+    print(rows[-1])
+
+    machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch "
+               f"{torch.__version__}, {torch.get_num_threads()} threads, Python {platform.python_version()}")
+    lines = ["# Benchmark results", "", f"Measured {time.strftime('%Y-%m-%d')} by `benchmarks/perf.py`"
+             + (" --quick" if args.quick else "") + f" on: {machine}.", "",
+             "| benchmark | measured | ratio |", "|---|---|---:|"]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    Path(args.out).write_text("\n".join(lines) + "\n")
+    print(f"\nwritten to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
