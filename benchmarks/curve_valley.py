@@ -10,9 +10,10 @@ them (the default config's curve options), and prints, measured in this one run:
 * the mutual information of the curve's model average (t uniform along the curve, and the
   exact posterior over t on a grid) versus the ensemble of its anchors, with accuracy and NLL.
 
-Re-uses the stages of the default run in ``--out`` (``make demo``), adding two method stages.
+Uses the default config's settings with two anchors (one segment: the straight line and the
+curve join the same two optima, as LoRA-Curve measures barriers); stages are cached in ``--out``.
 
-    python benchmarks/curve_valley.py [--anchors 3] [--out runs/default] [--data-dir ../shared/data]
+    python benchmarks/curve_valley.py [--anchors 2] [--out runs/bench-curve] [--data-dir ../shared/data]
 """
 from __future__ import annotations
 
@@ -30,8 +31,8 @@ REPO = Path(__file__).resolve().parents[1]
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=str(REPO / "configs" / "default.toml"))
-    p.add_argument("--anchors", type=int, default=3, help="number of anchors (curve segments + 1)")
-    p.add_argument("--out", default=str(REPO / "runs" / "default"), help="run folder (stages are re-used)")
+    p.add_argument("--anchors", type=int, default=2, help="number of anchors (curve segments + 1)")
+    p.add_argument("--out", default=str(REPO / "runs" / "bench-curve"), help="run folder (stages are re-used)")
     p.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
     p.add_argument("--points", type=int, default=21, help="points of the uniform average along the curve")
     p.add_argument("--smoke", action="store_true")

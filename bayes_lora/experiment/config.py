@@ -176,12 +176,12 @@ class AnchorsConfig:
 
 @dataclass(frozen=True)
 class CurveSection:
-    degree: int = _spec(default=2, ge=2, le=8)
+    degree: int = _spec(default=3, ge=2, le=8)
     anchored: bool = _spec(default=True)
-    epochs: float = _spec(default=1.0, gt=0)
-    lr: float = _spec(default=5e-3, gt=0)
+    epochs: float = _spec(default=3.0, gt=0)
+    lr: float = _spec(default=2e-3, gt=0)
     batch_size: int = _spec(default=16, ge=1)
-    js_weight: float = _spec(default=0.1, ge=0)
+    js_weight: float = _spec(default=0.05, ge=0)
     js_points: int = _spec(default=2, ge=2)
     js_batch: int = _spec(default=8, ge=1)
     perturbation: str = _spec(default="gaussian", choices=("none", "gaussian", "sam"))

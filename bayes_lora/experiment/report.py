@@ -9,7 +9,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from ..lora.io import atomic_write_bytes, atomic_write_json, load_tensors
+from ..lora.io import atomic_write_bytes, atomic_write_json
 from .evaluate import METRICS
 
 #: columns of results.csv and of the report's table, in order

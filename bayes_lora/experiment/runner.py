@@ -56,7 +56,7 @@ class Runner:
         self.prep: Prepared | None = None
 
     # ------------------------------------------------------------------ keys ---------------
-    def key(self, stage: str, method: str | None = None) -> str:
+    def key(self, stage: str, method: str | int | None = None) -> str:
         c = self.cfg
         data = hash_json({"model": c.digest("model"), "data": c.digest("data"), "seed": c.seed})
         given = c.anchors.path
@@ -66,6 +66,9 @@ class Runner:
         curve = hash_json([anchors, curve_d])
         if stage == "anchors":
             return anchors
+        if stage == "anchor":  # one anchor: its training options and seed, not how many there are
+            opts = {k: v for k, v in c.to_dict()["anchors"].items() if k not in ("count", "seeds", "path")}
+            return hash_json([data, c.digest("lora"), opts, int(method)])
         if stage == "curve":
             return curve
         if stage == "paths":
@@ -165,7 +168,6 @@ class Runner:
         if self.cfg.anchors.path:
             return self._given_anchors()
         meta = {"layout": p.fm.layout.to_json(), "backbone": p.backbone.metadata()}
-        base = self.key("anchors")
         thetas = []
         for i, s in enumerate(self.cfg.anchor_seeds):
             def build(folder: Path, s=int(s)):
@@ -175,7 +177,7 @@ class Runner:
                                                           "seconds": res.seconds})
                 return {"seconds": res.seconds}
 
-            folder = self._stage(f"anchor:{i}", hash_json([base, i, int(s)]), build)
+            folder = self._stage(f"anchor:{i}", self.key("anchor", s), build)
             tensors, saved = load_tensors(folder / "anchor.safetensors")
             p.fm.layout.check_same(ParamLayout.from_json(saved["layout"]), what=f"anchor {i} of this run")
             thetas.append(tensors["theta"])

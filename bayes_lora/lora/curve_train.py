@@ -51,12 +51,12 @@ class CurveConfig:
     max_steps: stop after this many steps.
     """
 
-    degree: int = 2
+    degree: int = 3
     anchored: bool = True
-    epochs: float = 1.0
+    epochs: float = 3.0
     batch_size: int = 16
-    lr: float = 5e-3
-    js_weight: float = 0.0
+    lr: float = 2e-3
+    js_weight: float = 0.05
     js_points: int = 2
     js_batch: int = 8
     perturbation: str = "gaussian"

@@ -33,7 +33,7 @@ def curve_ctx(tiny_ctx):
     ctx, test = tiny_ctx
     ctx = dataclasses.replace(ctx, cache={})
     res = train_curve(ctx.fm, FullSpace(ctx.fm.layout), ctx.train, ctx.anchors,
-                      CurveConfig(epochs=100, max_steps=100, lr=1e-2, seed=0))
+                      CurveConfig(degree=2, epochs=100, max_steps=100, lr=1e-2, js_weight=0.0, seed=0))
     ctx.cache["curve"] = res.curve
     return ctx, test
 
@@ -49,7 +49,7 @@ def test_symmetric_optima_have_a_linear_barrier_that_the_curve_removes(tiny_ctx)
     x = next(ctx.train.batches(8))
     torch.testing.assert_close(ctx.train.class_logits(fm.forward_at(anchors[0]), x),
                                ctx.train.class_logits(fm.forward_at(anchors[1]), x), atol=1e-5, rtol=1e-5)
-    res = train_curve(fm, space, ctx.train, anchors, CurveConfig(epochs=100, max_steps=120, lr=1e-2))
+    res = train_curve(fm, space, ctx.train, anchors, CurveConfig(degree=2, epochs=100, max_steps=120, lr=1e-2, js_weight=0.0))
     paths = linear_and_curve_paths(fm, space, ctx.train, res.curve, grid=9)
     assert paths["linear"].barrier > 0.15, paths["linear"].loss
     assert paths["curve"].barrier < 0.25 * paths["linear"].barrier, (paths["curve"].loss, paths["linear"].loss)
@@ -66,7 +66,7 @@ def test_js_weight_raises_mutual_information_along_the_curve(tiny_ctx):
     mis, accs = [], []
     for lam in (0.0, 2.0):
         res = train_curve(fm, space, ctx.train, ctx.anchors,
-                          CurveConfig(epochs=100, max_steps=80, lr=1e-2, js_weight=lam, js_batch=16, seed=1))
+                          CurveConfig(degree=2, epochs=100, max_steps=80, lr=1e-2, js_weight=lam, js_batch=16, seed=1))
         thetas = space.to_theta(res.curve(torch.linspace(0, 1, 9)).detach())
         probs = predict_probs(fm, ctx.train, thetas)  # the examples the JS term sees
         mis.append(uncertainty_decomposition(probs)[2].mean().item())
