@@ -176,10 +176,10 @@ class AnchorsConfig:
 
 @dataclass(frozen=True)
 class CurveSection:
-    degree: int = _spec(default=3, ge=2, le=8)
+    degree: int = _spec(default=2, ge=2, le=8)
     anchored: bool = _spec(default=True)
-    epochs: float = _spec(default=3.0, gt=0)
-    lr: float = _spec(default=2e-3, gt=0)
+    epochs: float = _spec(default=2.0, gt=0)
+    lr: float = _spec(default=1e-3, gt=0)
     batch_size: int = _spec(default=16, ge=1)
     js_weight: float = _spec(default=0.05, ge=0)
     js_points: int = _spec(default=2, ge=2)

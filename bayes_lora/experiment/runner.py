@@ -100,7 +100,9 @@ class Runner:
         kw = {"data_dir": self.data_dir, "seed": c.seed}
         sst = {"min_words": d.min_words} if d.task == "sst2" else {}
         train = load_task_data(d.task, "train", max_examples=d.train_examples, **kw, **sst)
-        test = load_task_data(d.task, d.test_split, max_examples=d.test_examples or None, **kw, **sst)
+        # min_words selects sentence-level *training* data; the test split is used whole
+        test = load_task_data(d.task, d.test_split, max_examples=d.test_examples or None, **kw,
+                              **({"min_words": 0} if sst else {}))
         ood = None
         if d.ood_task:
             ood_sst = {"min_words": d.min_words} if d.ood_task == "sst2" else {}

@@ -51,11 +51,11 @@ class CurveConfig:
     max_steps: stop after this many steps.
     """
 
-    degree: int = 3
+    degree: int = 2
     anchored: bool = True
-    epochs: float = 3.0
+    epochs: float = 2.0
     batch_size: int = 16
-    lr: float = 2e-3
+    lr: float = 1e-3
     js_weight: float = 0.05
     js_points: int = 2
     js_batch: int = 8
