@@ -93,7 +93,7 @@ def main() -> int:
     err = (ours - ref).abs().max().item()
     rows.append((f"(a) S={S} predictive on {len(test)} examples",
                  (f"hand loop {hand_s:.1f} s; bayes_lora {ours_s:.1f} s (+ prefix cache built once for all "
-                  f"stages: {cache_s:.1f} s incl. model load); max |Δp| {err:.1e}"),
+                  f"stages: {cache_s:.1f} s incl. model load); max abs Δp {err:.1e}"),
                  f"**{ours_s / hand_s:.2f}** ({(ours_s + cache_s) / hand_s:.2f} with the cache build)"))
     print(rows[-1])
 
