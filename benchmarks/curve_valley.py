@@ -64,7 +64,8 @@ def main() -> int:
     ratio = cur["barrier"] / lin["barrier"] if lin["barrier"] > 0 else float("nan")
 
     test, fm = runner.prep.test, runner.prep.fm
-    anchor_acc = [summarize(predict_probs(fm, test, a[None]), test.labels)["accuracy"] for a in anchors]
+    members = runner.predictions("bench_ensemble")["probs"]  # one row per anchor: no new forward passes
+    anchor_acc = [summarize(p[None], test.labels)["accuracy"] for p in members]
     K = curve.segments
     mids = [(k + 0.5) / K for k in range(K)]
     with torch.no_grad():

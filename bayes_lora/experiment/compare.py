@@ -19,8 +19,8 @@ def _normalise(methods) -> dict[str, tuple[str, dict]]:
         if isinstance(m, str):
             out[m] = (m, {})
         else:
-            name, opts = m
-            out[name] = (dict(opts).pop("method", name), {k: v for k, v in dict(opts).items() if k != "method"})
+            name, opts = m[0], dict(m[1])
+            out[name] = (opts.pop("method", name), opts)
     return out
 
 

@@ -62,10 +62,6 @@ def write_report(runner, results: dict) -> None:
     atomic_write_bytes(out / "report.md", _markdown(runner, results, rows, figures).encode())
 
 
-def _predictions(runner, label: str):
-    return runner.predictions(label)
-
-
 def _figures(runner, results: dict) -> list[tuple[str, str]]:
     import matplotlib
 
@@ -92,7 +88,7 @@ def _figures(runner, results: dict) -> list[tuple[str, str]]:
     if results.get("paths"):
         save("paths.png", "Loss and accuracy along the straight line between the end anchors and along the "
              "trained curve", lambda p: plots.path_plot(results["paths"], path=p))
-    preds = {label: _predictions(runner, label) for label in results["methods"]}
+    preds = {label: runner.predictions(label) for label in results["methods"]}
     save("risk_coverage.png", "Selective prediction: risk–coverage of every method",
          lambda p: plots.risk_coverage_plot({k: (v["probs"], v["labels"]) for k, v in preds.items()}, path=p))
     for label, v in preds.items():

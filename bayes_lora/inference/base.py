@@ -48,6 +48,15 @@ class Method(str, Enum):
     """The curve posterior: t (and z) on a Bézier curve through optima (LoRA-Curve)."""
 
 
+class SpaceKind(str, Enum):
+    """The parameter space a Gaussian approximation (Laplace, SWAG) lives in."""
+
+    PROJECTED = "projected"
+    """LoRA-XS cores (and head) around the projected MAP ``ctx.projected_map()`` (B-LoRA-XS)."""
+    FULL = "full"
+    """Every LoRA tensor and the head (θ) around a fine-tuned anchor."""
+
+
 @dataclass
 class FitContext:
     """Everything a backend may need, computed once and shared between methods.

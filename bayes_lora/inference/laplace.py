@@ -64,7 +64,7 @@ from torch import Tensor, nn
 from ..lora.params import FunctionalModel, ParamLayout
 from ..lora.spaces import FullSpace, ParameterSpace, ProjectedSpace
 from ..types import Batch, EncodedTask, FitInfo, Prediction
-from .base import FitContext, Posterior
+from .base import FitContext, Posterior, SpaceKind
 from .registry import register
 
 __all__ = [
@@ -90,15 +90,6 @@ MAX_DENSE_DIM = 8192
 #: how many times jitter (growing ×10 from 1e-6 · mean diagonal) is added to a precision that is
 #: not positive definite before giving up
 JITTER_TRIES = 5
-
-
-class SpaceKind(str, Enum):
-    """The parameter space the Gaussian lives in."""
-
-    PROJECTED = "projected"
-    """LoRA-XS cores (and head) around the projected MAP ``ctx.projected_map()``."""
-    FULL = "full"
-    """Every LoRA tensor and the head (θ) around a fine-tuned anchor ``ctx.anchors[anchor]``."""
 
 
 class HessianStructure(str, Enum):

@@ -33,7 +33,7 @@ from ..lora.params import FunctionalModel
 from ..lora.spaces import FullSpace, ParameterSpace, ProjectedSpace
 from ..lora.train import TrainConfig, TrainResult, train_latent
 from ..types import FitInfo
-from .base import FitContext, Posterior
+from .base import FitContext, Posterior, SpaceKind
 from .registry import register
 
 #: smallest diagonal variance kept (Maddox et al. clamp the same way)
@@ -49,15 +49,6 @@ class Covariance(str, Enum):
     """Σ_diag alone (SWAG-Diagonal)."""
     LOW_RANK = "low_rank"
     """D Dᵀ / (K−1) alone: the low-rank part (rank ≤ K − 1), no diagonal."""
-
-
-class Space(str, Enum):
-    """Where the SWAG Gaussian lives."""
-
-    PROJECTED = "projected"
-    """LoRA-XS cores (+ head), started from ``ctx.projected_map()`` (B-LoRA-XS)."""
-    FULL = "full"
-    """The full LoRA vector θ, started from the anchor ``ctx.anchors[0]``."""
 
 
 # --- functional core -------------------------------------------------------------------------
@@ -239,17 +230,17 @@ class SwagPosterior(Posterior):
 def space_meta(space: ParameterSpace) -> dict:
     """JSON describing a projected or full space (rebuilt by :func:`space_from_meta`)."""
     if isinstance(space, ProjectedSpace):
-        return {"space": Space.PROJECTED.value, "include_other": space.include_other}
+        return {"space": SpaceKind.PROJECTED.value, "include_other": space.include_other}
     if isinstance(space, FullSpace):
-        return {"space": Space.FULL.value}
+        return {"space": SpaceKind.FULL.value}
     raise TypeError(f"cannot describe a {type(space).__name__} for saving")
 
 
 def space_from_meta(fm: FunctionalModel, meta: dict, ctx: FitContext | None = None) -> ParameterSpace:
     """The space described by :func:`space_meta`; the LoRA-XS SVD is recomputed from the frozen
     base weights (deterministic) unless ``ctx`` already holds it."""
-    kind = Space(meta["space"])
-    if kind is Space.FULL:
+    kind = SpaceKind(meta["space"])
+    if kind is SpaceKind.FULL:
         return FullSpace(fm.layout)
     include_other = meta.get("include_other", True)
     if ctx is not None and ctx.fm is fm and include_other:
@@ -282,7 +273,7 @@ def fit_swag(
     batch_size: int | None = None,
     covariance: str = Covariance.SWAG.value,
     scale: float = 1.0,
-    space: str = Space.PROJECTED.value,
+    space: str = SpaceKind.PROJECTED.value,
     weight_decay: float = 0.0,
     seed: int | None = None,
 ) -> SwagPosterior:
@@ -302,11 +293,11 @@ def fit_swag(
     """
     if snapshots < 2:
         raise ValueError(f"SWAG needs snapshots ≥ 2, got {snapshots}")
-    kind = Space(space)
+    kind = SpaceKind(space)
     covariance = Covariance(covariance).value
     seed = ctx.seed if seed is None else int(seed)
     batch_size = batch_size or ctx.train_config.batch_size
-    if kind is Space.PROJECTED:
+    if kind is SpaceKind.PROJECTED:
         sp: ParameterSpace = ctx.projected_space()
         init = ctx.projected_map()
         lr = ctx.projected_lr if lr is None else lr
@@ -337,7 +328,7 @@ def fit_swag(
         "distance_from_init": float((mean - init).norm()),
         "final_loss": float(sum(res.losses[-collect_every:]) / min(collect_every, len(res.losses))),
         "map_seconds": float(ctx.cache.get("projected_map_seconds", 0.0))
-        if kind is Space.PROJECTED else 0.0,
+        if kind is SpaceKind.PROJECTED else 0.0,
     }
     return SwagPosterior(
         ctx.fm, sp, mean, var, dev, covariance=covariance, scale=scale,
