@@ -43,8 +43,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def _bad_input_types():
     from ..lora.train import NumericalError
+    from .distributed import StageFailed
 
-    return (ValueError, FileNotFoundError, NotADirectoryError, KeyError, NumericalError)
+    return (ValueError, FileNotFoundError, NotADirectoryError, KeyError, NumericalError, StageFailed)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,6 +82,8 @@ def _run(args) -> int:
         data_dir = str(Path.cwd().parent / "shared" / "data")
     runner = Runner(cfg, out, data_dir=data_dir, smoke=args.smoke, progress=False if args.quiet else None)
     results = runner.run()
+    if not results:  # a non-main process of a distributed run: the main one reports
+        return 0
     from .report import markdown_table, results_table
 
     print(markdown_table(results_table(results), ("ood_auroc",) if results.get("ood_task") else ()))

@@ -204,6 +204,8 @@ class RuntimeConfig:
     prefix_cache: bool = _spec(default=True, doc="reuse the hidden states below the first adapted layer")
     threads: int = _spec(default=0, ge=0, doc="torch threads; 0 = torch's default")
     progress: bool = _spec(default=True)
+    checkpoint_every: int = _spec(default=25, ge=0, doc="optimiser steps between checkpoints inside long "
+                                  "training stages (anchors, curve, projected MAP, SWAG); 0 = none")
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,7 @@ def write_report(runner, results: dict) -> None:
     """Write every output file of a finished run into ``runner.out``."""
     out: Path = runner.out
     rows = results_table(results)
-    results["stages"] = [{"stage": r.name, "status": r.status, "seconds": round(r.seconds, 3)}
+    results["stages"] = [{"stage": r.name, "status": r.status, "seconds": round(r.seconds, 3), "process": r.process}
                          for r in runner.store.records]
     atomic_write_json(out / "results.json", results)
     atomic_write_bytes(out / "results.csv", to_csv(rows))
@@ -123,6 +123,14 @@ def _markdown(runner, results: dict, rows: list[dict], figures: list[tuple[str, 
              + ".", "", "## Methods", "", markdown_table(rows, extra),
              ("ECE in percent (15 bins); NLL in nats; mutual information = epistemic part of the predictive "
               "entropy; AURC = area under the risk–coverage curve (lower is better)."), ""]
+    mcmc = {k: m for k, m in results["methods"].items() if "r_hat" in m}
+    if mcmc:
+        lines += ["## MCMC diagnostics of the curve position t", "",
+                  "| method | R-hat | bulk ESS | tail ESS | divergent transitions |", "|---|---:|---:|---:|---:|"]
+        for k, m in mcmc.items():
+            lines.append(f"| {k} | {m['r_hat']:.4f} | {m['ess_bulk']:.0f} | {m['ess_tail']:.0f} | "
+                         f"{m.get('num_divergences', '–')} |")
+        lines += ["", "Trust the curve posterior when R-hat < 1.01, ESS ≥ 100 and no transition diverged.", ""]
     if results.get("paths"):
         lines += ["## Paths between optima", "", "| path | barrier | min accuracy | max loss |", "|---|---:|---:|---:|"]
         for name, p in results["paths"].items():

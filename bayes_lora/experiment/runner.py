@@ -18,10 +18,16 @@ import torch
 from torch import Tensor
 
 from ..lora.io import atomic_write_bytes, atomic_write_json, file_digest, load_tensors, save_tensors
+from ..lora.train import NumericalError
 from .config import ExperimentConfig, dump_toml, hash_json
 from .config import smoke as smoke_config
-from .evaluate import Evaluation, evaluate, posterior_idata
-from .stages import StageStore
+from .evaluate import Evaluation, evaluate, mcmc_diagnostics, posterior_idata
+from .distributed import Cluster
+from .stages import StageRecord, StageStore
+
+
+#: bumped when a stage's computation or files change meaning, so older stage folders are recomputed
+STAGES_FORMAT = 2
 
 
 @dataclass
@@ -58,7 +64,8 @@ class Runner:
     # ------------------------------------------------------------------ keys ---------------
     def key(self, stage: str, method: str | int | None = None) -> str:
         c = self.cfg
-        data = hash_json({"model": c.digest("model"), "data": c.digest("data"), "seed": c.seed})
+        data = hash_json({"model": c.digest("model"), "data": c.digest("data"), "seed": c.seed,
+                          "format": STAGES_FORMAT})
         given = c.anchors.path
         anchors = hash_json([data, c.digest("lora"), c.digest("anchors"), list(c.anchor_seeds),
                              file_digest(given) if given and Path(given).is_file() else ""])
@@ -146,11 +153,19 @@ class Runner:
         self.log(f"[{name}] running ...")
         folder = self.store.begin(name)
         start = time.perf_counter()
-        info = build(folder)
+        try:
+            info = build(folder)
+        except NumericalError as e:  # name the stage; its periodic checkpoint stays for inspection
+            raise NumericalError(f"stage {name}: {e}", last_good=e.last_good, step=e.step) from e
         seconds = time.perf_counter() - start
         self.store.finish(name, key, seconds, info)
+        self.store.clear_checkpoints(name)
         self.log(f"[{name}] done in {seconds:.1f} s")
         return folder
+
+    def _checkpoint(self, name: str, key: str):
+        return self.store.checkpointer(name, key, self.cfg.runtime.checkpoint_every,
+                                       log=lambda m, name=name: self.log(f"[{name}] {m}"))
 
     def _train_config(self, seed: int | None = None):
         from ..lora.train import TrainConfig
@@ -159,31 +174,36 @@ class Runner:
         return TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay,
                            seed=self.cfg.seed if seed is None else seed, max_steps=a.max_steps or None)
 
-    def anchors(self) -> Tensor:
-        """The M fine-tuned optima [M, D]: one stage per anchor (a killed run keeps the finished
-        ones), or the checked contents of ``anchors.path``."""
+    def anchor(self, i: int) -> Tensor:
+        """Anchor ``i``: its own stage, keyed by its seed and training options (a killed run
+        keeps the finished ones; adding anchors reuses them)."""
         from ..lora.params import ParamLayout
         from ..lora.spaces import FullSpace
         from ..lora.train import fine_tune
 
         p = self.prep
+        s = int(self.cfg.anchor_seeds[i])
+        name, key = f"anchor:{i}", self.key("anchor", s)
+        meta = {"layout": p.fm.layout.to_json(), "backbone": p.backbone.metadata()}
+
+        def build(folder: Path):
+            res = fine_tune(p.fm, FullSpace(p.fm.layout), p.train, self._train_config(s), progress=self.progress,
+                            checkpoint=self._checkpoint(name, key))
+            save_tensors(folder / "anchor.safetensors", {"theta": res.latent}, {**meta, "seed": s})
+            atomic_write_json(folder / "train.json", {"seed": s, "losses": list(res.losses), "seconds": res.seconds})
+            return {"seconds": res.seconds}
+
+        folder = self._stage(name, key, build)
+        tensors, saved = load_tensors(folder / "anchor.safetensors")
+        p.fm.layout.check_same(ParamLayout.from_json(saved["layout"]), what=f"anchor {i} of this run")
+        return tensors["theta"]
+
+    def anchors(self) -> Tensor:
+        """The M fine-tuned optima [M, D] (one stage each), or the checked contents of
+        ``anchors.path``."""
         if self.cfg.anchors.path:
             return self._given_anchors()
-        meta = {"layout": p.fm.layout.to_json(), "backbone": p.backbone.metadata()}
-        thetas = []
-        for i, s in enumerate(self.cfg.anchor_seeds):
-            def build(folder: Path, s=int(s)):
-                res = fine_tune(p.fm, FullSpace(p.fm.layout), p.train, self._train_config(s), progress=self.progress)
-                save_tensors(folder / "anchor.safetensors", {"theta": res.latent}, {**meta, "seed": s})
-                atomic_write_json(folder / "train.json", {"seed": s, "losses": list(res.losses),
-                                                          "seconds": res.seconds})
-                return {"seconds": res.seconds}
-
-            folder = self._stage(f"anchor:{i}", self.key("anchor", s), build)
-            tensors, saved = load_tensors(folder / "anchor.safetensors")
-            p.fm.layout.check_same(ParamLayout.from_json(saved["layout"]), what=f"anchor {i} of this run")
-            thetas.append(tensors["theta"])
-        return torch.stack(thetas)
+        return torch.stack([self.anchor(i) for i in range(len(self.cfg.anchor_seeds))])
 
     def _given_anchors(self) -> Tensor:
         """Anchors from a file, checked against this run's base model, target modules and shapes."""
@@ -223,7 +243,8 @@ class Runner:
                          seed=self.cfg.seed, max_steps=c.max_steps or None)
 
         def build(folder: Path):
-            res = train_curve(p.fm, FullSpace(p.fm.layout), p.train, anchors, cc, progress=self.progress)
+            res = train_curve(p.fm, FullSpace(p.fm.layout), p.train, anchors, cc, progress=self.progress,
+                              checkpoint=self._checkpoint("curve", self.key("curve")))
             cur = res.curve
             save_tensors(folder / "curve.safetensors", {"joints": cur.joints.detach(), "bends": cur.bends.detach()},
                          {"degree": cur.degree, "anchored": cur.anchored, "segments": cur.segments})
@@ -263,6 +284,7 @@ class Runner:
                          progress=self.progress, metadata=p.backbone.metadata())
         if curve is not None:
             ctx.cache["curve"] = curve
+        ctx.checkpointer = self._fit_checkpointer(None)
         folder = self.store.path("projected_map")
         if self.store.done("projected_map", self.key("projected_map")):
             ctx.cache["projected_map"] = load_tensors(folder / "core.safetensors")[0]["core"]
@@ -274,6 +296,18 @@ class Runner:
             folder = self.store.begin("projected_map")
             save_tensors(folder / "core.safetensors", {"core": ctx.cache["projected_map"]})
             self.store.finish("projected_map", key, float(ctx.cache.get("projected_map_seconds", 0.0)))
+            self.store.clear_checkpoints("projected_map")
+
+    def _fit_checkpointer(self, label: str | None):
+        """Checkpoints of the loops inside a fit: the shared projected MAP has its own stage key;
+        any other loop is keyed by the method's fit stage."""
+        def make(loop: str):
+            if loop == "projected_map":
+                return self._checkpoint("projected_map", self.key("projected_map"))
+            if label is None:
+                return None
+            return self._checkpoint(f"fit:{label}:{loop}", hash_json([self.key("fit", label), loop]))
+        return make
 
     def fit_method(self, label: str, ctx):
         from ..inference.registry import fit, load
@@ -284,6 +318,7 @@ class Runner:
             options.setdefault("posterior", self.cfg.posterior)
 
         def build(folder: Path):
+            ctx.checkpointer = self._fit_checkpointer(label)
             post = fit(m.method, ctx, **options)
             post.save(folder)
             self._save_projected_map(ctx)
@@ -304,8 +339,13 @@ class Runner:
             if e.ood is not None:
                 tensors["ood_probs"] = e.ood.probs
             save_tensors(folder / "predictions.safetensors", tensors)
-            atomic_write_json(folder / "metrics.json", e.metrics)
-            save_idata(posterior_idata(post, e, label=label), folder / "idata.nc")
+            idata = posterior_idata(post, e, label=label)
+            diag = mcmc_diagnostics(idata)
+            if diag.get("num_divergences", 0) > 0 or diag.get("r_hat", 1.0) > 1.01 or diag.get("ess_bulk", 1e9) < 100:
+                self.log(f"[eval:{label}] warning: MCMC diagnostics of t — R-hat {diag['r_hat']:.3f}, bulk ESS "
+                         f"{diag['ess_bulk']:.0f}, {diag.get('num_divergences', 0)} divergent transitions")
+            atomic_write_json(folder / "metrics.json", {**e.metrics, **diag})
+            save_idata(idata, folder / "idata.nc")
 
         folder = self._stage(f"eval:{label}", self.key("eval", label), build)
         return json.loads((folder / "metrics.json").read_text())
@@ -328,6 +368,12 @@ class Runner:
                                                      "config_hash": self.cfg.digest()})
         atomic_write_bytes(self.out / "config.toml", dump_toml(self.cfg.to_dict()).encode())
         self.prepare()
+        cluster = Cluster.current()
+        if cluster.world > 1:
+            self._distributed_stages(cluster)
+            if not cluster.is_main:  # the main process loads every finished stage and reports
+                cluster.shutdown()
+                return {}
         anchors = self.anchors()
         save_tensors(self.out / "anchors.safetensors", {"thetas": anchors},  # reusable: anchors.path
                      {"layout": self.prep.fm.layout.to_json(), "backbone": self.prep.backbone.metadata()})
@@ -356,7 +402,55 @@ class Runner:
         write_report(self, results)
         self.log(f"results in {self.out}/results.json, report in {self.out}/report.md "
                  f"({results['wall_seconds']:.0f} s)")
+        cluster.shutdown()
         return results
+
+    def _needs_projected_map(self) -> bool:
+        """Whether a method fits around the LoRA-XS MAP core (its default space included)."""
+        import inspect
+
+        from ..inference.registry import get_backend
+
+        for m in self.cfg.methods.values():
+            opt = {"laplace": "space", "swag": "space", "vi": "kind"}.get(m.method)
+            if opt is None:
+                continue
+            default = inspect.signature(get_backend(m.method).fit).parameters[opt].default
+            if m.options.get(opt, default) == "projected":
+                return True
+        return False
+
+    def _distributed_stages(self, cluster) -> None:
+        """Every stage, level by level, each process running its share (see :mod:`.distributed`)."""
+        base_log = self.log
+        if not cluster.is_main:
+            self.log = lambda m: base_log(f"[process {cluster.rank}] {m}")
+        level = cluster.run_level
+        if not self.cfg.anchors.path:
+            level([(f"anchor:{i}", lambda i=i: self.anchor(i)) for i in range(len(self.cfg.anchor_seeds))])
+        anchors = self.anchors()
+        jobs = []
+        if self.cfg.anchors.count >= 2:
+            jobs.append(("curve", lambda: self.curve(anchors)))
+        if self._needs_projected_map():
+            def projected_map():
+                ctx = self.context(anchors, None)
+                ctx.projected_map()
+                self._save_projected_map(ctx)
+            jobs.append(("projected_map", projected_map))
+        level(jobs)
+        curve = self.curve(anchors) if self.cfg.anchors.count >= 2 else None
+        ctx = self.context(anchors, curve)
+        jobs = [(f"fit:{label}", lambda label=label: self.fit_method(label, ctx)) for label in self.cfg.methods]
+        if curve is not None:
+            jobs.insert(0, ("paths", lambda: self.paths(curve)))
+        level(jobs)
+        level([(f"eval:{label}", lambda label=label: self.evaluate_method(label, self.fit_method(label, ctx)))
+               for label in self.cfg.methods])
+        ran = cluster.gather([(r.name, r.key, r.seconds) for r in self.store.records if r.status == "ran"])
+        self.log = base_log
+        self.store.records = [StageRecord(name, key, "ran", sec, process=rank)
+                              for rank, recs in enumerate(ran) for name, key, sec in recs]
 
 
 def _peak_rss_mb() -> float | None:

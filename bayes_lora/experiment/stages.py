@@ -29,6 +29,7 @@ class StageRecord:
     key: str
     status: str  # "ran" | "skipped"
     seconds: float
+    process: int = 0  # which process of a distributed run ran it
 
 
 class StageStore:
@@ -39,7 +40,7 @@ class StageStore:
         self.records: list[StageRecord] = []
 
     def path(self, name: str) -> Path:
-        return self.root / "stages" / name.replace(":", "__").replace("/", "_")
+        return self.root / "stages" / _safe(name)
 
     def manifest(self, name: str) -> dict | None:
         f = self.path(name) / MANIFEST
@@ -62,6 +63,24 @@ class StageStore:
                 return False
         return True
 
+    def checkpointer(self, name: str, key: str, every: int, log=None):
+        """The periodic checkpoint of a long loop inside stage ``name`` (None when ``every`` is 0).
+
+        Checkpoints live in ``<run>/checkpoints/`` (outside the stage folder, which an unfinished
+        attempt empties) and are removed when their stage finishes."""
+        from ..lora.checkpoint import Checkpointer
+
+        if every <= 0:
+            return None
+        return Checkpointer(self.root / "checkpoints" / f"{_safe(name)}.safetensors", every=every, key=key, log=log)
+
+    def clear_checkpoints(self, name: str) -> None:
+        folder, safe = self.root / "checkpoints", _safe(name)
+        for f in folder.iterdir() if folder.is_dir() else ():
+            stem = f.name.split(".", 1)[0]
+            if stem == safe or stem.startswith(safe + "__"):
+                f.unlink()
+
     def begin(self, name: str) -> Path:
         """An empty folder for the stage (anything left by an unfinished attempt is removed)."""
         folder = self.path(name)
@@ -80,11 +99,17 @@ class StageStore:
         self.records.append(StageRecord(name, key, "ran", seconds))
 
     def skip(self, name: str, key: str) -> None:
+        if self.ran(name):  # run by another process of this distributed run, loaded here
+            return
         m = self.manifest(name) or {}
         self.records.append(StageRecord(name, key, "skipped", float(m.get("seconds", 0.0))))
 
     def ran(self, name: str) -> bool:
         return any(r.name == name and r.status == "ran" for r in self.records)
+
+
+def _safe(name: str) -> str:
+    return name.replace(":", "__").replace("/", "_")
 
 
 __all__ = ["MANIFEST", "StageRecord", "StageStore"]

@@ -13,7 +13,7 @@ Every method is fitted by a registered function ``fit(ctx, **options) -> Posteri
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from ..lora.checkpoint import Checkpointer
 from ..lora.io import atomic_write_json, load_tensors, save_tensors
 from ..lora.params import FunctionalModel
 from ..lora.spaces import ProjectedSpace
@@ -70,6 +71,8 @@ class FitContext:
     seed: the run's seed.
     progress: show tqdm bars.
     cache: shared intermediate results (e.g. the projected space and its MAP core).
+    checkpointer: ``name -> Checkpointer | None``; long training loops (the projected MAP,
+        SWAG's collection) checkpoint through it and resume from it (the runner sets it).
     """
 
     fm: FunctionalModel
@@ -81,6 +84,11 @@ class FitContext:
     progress: bool = False
     metadata: dict = field(default_factory=dict)
     cache: dict = field(default_factory=dict)
+    checkpointer: Callable[[str], Checkpointer | None] | None = None
+
+    def checkpoint(self, name: str) -> Checkpointer | None:
+        """The checkpoint of the named training loop, or None when the caller keeps none."""
+        return self.checkpointer(name) if self.checkpointer is not None else None
 
     def require_anchors(self, k: int = 1) -> Tensor:
         if self.anchors is None or self.anchors.shape[0] < k:
@@ -99,7 +107,8 @@ class FitContext:
         if "projected_map" not in self.cache:
             space = self.projected_space()
             cfg = TrainConfig(**{**self.train_config.__dict__, "lr": self.projected_lr, "seed": self.seed})
-            res = fine_tune(self.fm, space, self.train, cfg, progress=self.progress)
+            res = fine_tune(self.fm, space, self.train, cfg, progress=self.progress,
+                            checkpoint=self.checkpoint("projected_map"))
             self.cache["projected_map"] = res.latent
             self.cache["projected_map_seconds"] = res.seconds
         return self.cache["projected_map"]

@@ -19,6 +19,7 @@ from ..lora.curve_train import CurveConfig, train_curve
 from ..lora.curves import BezierCurve
 from ..lora.spaces import FullSpace
 from ..models import CurveModel, CurvePosteriorSpec, TaskLogits
+from ..lora.train import NumericalError
 from ..types import FitInfo
 from .base import FitContext, Posterior
 from .registry import register
@@ -322,7 +323,7 @@ def _run_svi(model, guide_name, steps, lr, num_samples, seed):
     for step in range(steps):
         loss = svi.step()
         if not math.isfinite(loss):
-            raise FloatingPointError(f"curve SVI: the ELBO became {loss} at step {step}")
+            raise NumericalError(f"curve SVI: the ELBO became {loss} at step {step} (lower svi_lr)", step=step)
         losses.append(loss)
     with torch.no_grad():
         draws = [guide() for _ in range(num_samples)]

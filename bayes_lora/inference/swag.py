@@ -31,6 +31,7 @@ from torch import Tensor
 
 from ..lora.params import FunctionalModel
 from ..lora.spaces import FullSpace, ParameterSpace, ProjectedSpace
+from ..lora.checkpoint import Checkpointer
 from ..lora.train import TrainConfig, TrainResult, train_latent
 from ..types import FitInfo
 from .base import FitContext, Posterior, SpaceKind
@@ -120,6 +121,7 @@ def collect_snapshots(
     weight_decay: float = 0.0,
     grad_clip: float | None = 1.0,
     progress: bool = False,
+    checkpoint: Checkpointer | None = None,
 ) -> TrainResult:
     """Continue training from ``init`` at the constant learning rate ``lr`` (Adam), keeping a
     snapshot every ``collect_every`` steps until ``snapshots`` are collected."""
@@ -133,7 +135,8 @@ def collect_snapshots(
         grad_clip=grad_clip,
     )
     return train_latent(
-        fm, space, task, init, cfg, snapshot_every=collect_every, progress=progress, stage="swag"
+        fm, space, task, init, cfg, snapshot_every=collect_every, progress=progress, stage="swag",
+        checkpoint=checkpoint,
     )
 
 
@@ -311,7 +314,7 @@ def fit_swag(
         ctx.fm, sp, ctx.train, init,
         snapshots=snapshots, collect_every=collect_every, lr=lr, batch_size=batch_size,
         seed=seed, weight_decay=weight_decay, grad_clip=ctx.train_config.grad_clip,
-        progress=ctx.progress,
+        progress=ctx.progress, checkpoint=ctx.checkpoint("swag"),
     )
     mean, var, dev = swag_moments(torch.stack(res.snapshots))
     options = {

@@ -41,6 +41,7 @@ from torch import Tensor
 
 from ..lora.params import FunctionalModel
 from ..lora.spaces import ParameterSpace, ProjectedSpace
+from ..lora.train import NumericalError
 from ..types import EncodedTask, FitInfo
 from .base import FitContext, Posterior
 from .registry import register
@@ -267,8 +268,8 @@ def run_svi(
             loss = svi.step(next(stream))
             if not math.isfinite(loss):
                 bar.close()
-                raise FloatingPointError(
-                    f"svi: the loss became {loss} at step {step} (lower lr or init_scale)"
+                raise NumericalError(
+                    f"vi: the loss became {loss} at step {step} (lower lr or init_scale)", step=step
                 )
             losses.append(loss)
             bar.update(1)

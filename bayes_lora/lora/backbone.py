@@ -163,7 +163,9 @@ def add_lora(model: nn.Module, lora: LoraSettings, kind: str) -> nn.Module:
         bias="none",
     )
     torch.manual_seed(0)  # peft's own init of A is overwritten by a seeded init_theta anyway
-    return get_peft_model(model, cfg)
+    with warnings.catch_warnings():  # peft 0.21 asks transformers 5 a deprecated question
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(model, cfg)
 
 
 def load_backbone(

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from ..types import EncodedTask
 from .curves import BezierCurve, linear_path
+from .checkpoint import Checkpointer, StepLoop, optimizer_state, restore_optimizer
 from .params import FunctionalModel
 from .spaces import ParameterSpace
 from .train import NumericalError
@@ -114,8 +115,14 @@ def train_curve(
     *,
     curve: BezierCurve | None = None,
     progress: bool = False,
+    checkpoint: Checkpointer | None = None,
 ) -> CurveTrainResult:
-    """Train a curve through ``anchors`` [K+1, d] (latents of ``space``) on ``task``."""
+    """Train a curve through ``anchors`` [K+1, d] (latents of ``space``) on ``task``.
+
+    With a ``checkpoint`` the loop saves its state every ``checkpoint.every`` steps and resumes
+    from a saved state of the same key, ending identical to an uninterrupted run. A NaN or Inf
+    objective raises :class:`NumericalError` naming the step; the last checkpoint is kept.
+    """
     from tqdm.auto import tqdm
 
     curve = curve or BezierCurve(
@@ -129,45 +136,61 @@ def train_curve(
     total = math.ceil(config.epochs * math.ceil(len(task) / config.batch_size))
     if config.max_steps is not None:
         total = min(total, config.max_steps)
-    losses, js_vals, step = [], [], 0
-    start = time.perf_counter()
-    bar = tqdm(total=total, desc="curve", disable=not progress, leave=False)
-    while step < total:
-        for batch in task.batches(config.batch_size, shuffle=True, generator=g):
-            if step >= total:
-                break
-            ts = torch.rand(config.js_points if config.js_weight > 0 else 1, generator=g)
-            theta = space.to_theta(curve(ts[0]))
-            theta_p = _perturb(fm, task, theta, batch, config, g)
-            logits = task.class_logits(fm.forward_at(theta_p), batch)
-            loss = F.cross_entropy(logits, batch["labels"])
-            js = torch.zeros(())
-            if config.js_weight > 0:
-                sub = _slice_batch(task, batch, config.js_batch)
-                k = sub["labels"].shape[0]
-                probs = [logits[:k].softmax(-1)]
-                for t_m in ts[1:]:
-                    th_m = space.to_theta(curve(t_m))
-                    probs.append(task.class_logits(fm.forward_at(th_m), sub).softmax(-1))
-                js = js_divergence(torch.stack(probs))
-            objective = loss - config.js_weight * js
-            if not torch.isfinite(objective):
-                bar.close()
-                raise NumericalError(
-                    f"curve training: the objective became {objective.item()} at step {step}; "
-                    "the curve keeps its last finite control points (lower lr or sigma)",
-                    last_good=curve.control_points().detach().clone(),
-                    step=step,
-                )
-            opt.zero_grad(set_to_none=True)
-            objective.backward()
-            if config.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-            opt.step()
-            losses.append(loss.item())
-            js_vals.append(js.item())
-            step += 1
-            bar.update(1)
+    loop = StepLoop(task, config.batch_size, total, g)
+    losses, js_vals, seconds = [], [], 0.0
+    saved = checkpoint.load() if checkpoint is not None else None
+    if saved is not None:
+        tensors, meta = saved
+        with torch.no_grad():
+            for i, p in enumerate(params):
+                p.copy_(tensors[f"param.{i}"])
+        restore_optimizer(opt, tensors, meta["optimizer"])
+        loop.restore(tensors, meta)
+        losses, js_vals = list(meta["losses"]), list(meta["js"])
+        seconds = float(meta.get("seconds", 0.0))
+    start = time.perf_counter() - seconds
+    bar = tqdm(total=total, initial=loop.step, desc="curve", disable=not progress, leave=False)
+    for batch in loop:
+        step = loop.step
+        ts = torch.rand(config.js_points if config.js_weight > 0 else 1, generator=g)
+        theta = space.to_theta(curve(ts[0]))
+        theta_p = _perturb(fm, task, theta, batch, config, g)
+        logits = task.class_logits(fm.forward_at(theta_p), batch)
+        loss = F.cross_entropy(logits, batch["labels"])
+        js = torch.zeros(())
+        if config.js_weight > 0:
+            sub = _slice_batch(task, batch, config.js_batch)
+            k = sub["labels"].shape[0]
+            probs = [logits[:k].softmax(-1)]
+            for t_m in ts[1:]:
+                th_m = space.to_theta(curve(t_m))
+                probs.append(task.class_logits(fm.forward_at(th_m), sub).softmax(-1))
+            js = js_divergence(torch.stack(probs))
+        objective = loss - config.js_weight * js
+        if not torch.isfinite(objective):
+            bar.close()
+            kept = checkpoint.where() if checkpoint is not None else "no checkpoints were requested"
+            raise NumericalError(
+                f"curve training: the objective became {objective.item()} at step {step}; {kept} "
+                "(lower lr or sigma)",
+                last_good=curve.control_points().detach().clone(),
+                step=step,
+            )
+        opt.zero_grad(set_to_none=True)
+        objective.backward()
+        if config.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+        opt.step()
+        losses.append(loss.item())
+        js_vals.append(js.item())
+        loop.completed()
+        bar.update(1)
+        if checkpoint is not None and checkpoint.due(loop.step) and loop.step < total:
+            o_t, o_m = optimizer_state(opt)
+            l_t, l_m = loop.state()
+            checkpoint.save({**{f"param.{i}": p.detach() for i, p in enumerate(params)}, **o_t, **l_t},
+                            {**l_m, "optimizer": o_m, "losses": losses, "js": js_vals,
+                             "seconds": time.perf_counter() - start, "stage": "curve"})
     bar.close()
     return CurveTrainResult(curve, tuple(losses), tuple(js_vals), time.perf_counter() - start, config)
 

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..types import EncodedTask
+from .checkpoint import Checkpointer, StepLoop, optimizer_state, restore_optimizer
 from .params import FunctionalModel, ParamLayout, is_lora_factor
 from .spaces import ParameterSpace
 
@@ -108,13 +109,17 @@ def train_latent(
     snapshot_every: int = 0,
     progress: bool = False,
     stage: str = "train",
+    checkpoint: Checkpointer | None = None,
 ) -> TrainResult:
     """Minimise the task's NLL over the latent of ``space`` with AdamW.
 
     ``loss_fn(w, batch, step)`` replaces the default loss (mean NLL at ``space.to_theta(w)``).
-    Every ``snapshot_every`` steps a copy of w is kept (for SWAG / PCA bases).
+    Every ``snapshot_every`` steps a copy of w is kept (for SWAG / PCA bases). With a
+    ``checkpoint``, the loop saves its state every ``checkpoint.every`` steps and resumes from a
+    saved state of the same key (ending identical to an uninterrupted run); the checkpoint is
+    left in place for the caller to clear once the result is stored.
     A NaN or Inf loss raises :class:`NumericalError` naming the stage and step, carrying the
-    last finite latent.
+    last finite latent; the last checkpoint is kept.
     """
     from tqdm.auto import tqdm
 
@@ -129,34 +134,50 @@ def train_latent(
         def loss_fn(w_, batch, step):
             return task_loss(fm, task, space.to_theta(w_), batch)
 
-    losses, snaps = [], []
-    start, step = time.perf_counter(), 0
-    bar = tqdm(total=total, desc=stage, disable=not progress, leave=False)
-    while step < total:
-        for batch in task.batches(config.batch_size, shuffle=True, generator=g):
-            if step >= total:
-                break
-            loss = loss_fn(w, batch, step)
-            if not torch.isfinite(loss):
-                bar.close()
-                raise NumericalError(
-                    f"{stage}: the loss became {loss.item()} at step {step}; kept the last finite "
-                    "parameters (lower the learning rate or check the data)",
-                    last_good=w.detach().clone(),
-                    step=step,
-                )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_([w], config.grad_clip)
-            opt.step()
-            losses.append(loss.item())
-            step += 1
-            if snapshot_every and step % snapshot_every == 0:
-                snaps.append(w.detach().clone())
-            bar.update(1)
-            if progress:
-                bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    loop = StepLoop(task, config.batch_size, total, g)
+    losses, snaps, seconds = [], [], 0.0
+    saved = checkpoint.load() if checkpoint is not None else None
+    if saved is not None:
+        tensors, meta = saved
+        with torch.no_grad():
+            w.copy_(tensors["w"])
+        restore_optimizer(opt, tensors, meta["optimizer"])
+        loop.restore(tensors, meta)
+        losses = list(meta["losses"])
+        snaps = [tensors[f"snapshot.{i}"] for i in range(int(meta["snapshots"]))]
+        seconds = float(meta.get("seconds", 0.0))
+    start = time.perf_counter() - seconds
+    bar = tqdm(total=total, initial=loop.step, desc=stage, disable=not progress, leave=False)
+    for batch in loop:
+        step = loop.step
+        loss = loss_fn(w, batch, step)
+        if not torch.isfinite(loss):
+            bar.close()
+            kept = checkpoint.where() if checkpoint is not None else "no checkpoints were requested"
+            raise NumericalError(
+                f"{stage}: the loss became {loss.item()} at step {step}; {kept} "
+                "(lower the learning rate or check the data)",
+                last_good=w.detach().clone(),
+                step=step,
+            )
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_([w], config.grad_clip)
+        opt.step()
+        losses.append(loss.item())
+        loop.completed()
+        if snapshot_every and loop.step % snapshot_every == 0:
+            snaps.append(w.detach().clone())
+        bar.update(1)
+        if progress:
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        if checkpoint is not None and checkpoint.due(loop.step) and loop.step < total:
+            o_t, o_m = optimizer_state(opt)
+            l_t, l_m = loop.state()
+            checkpoint.save({"w": w.detach(), **o_t, **l_t, **{f"snapshot.{i}": s for i, s in enumerate(snaps)}},
+                            {**l_m, "optimizer": o_m, "losses": losses, "snapshots": len(snaps),
+                             "seconds": time.perf_counter() - start, "stage": stage})
     bar.close()
     return TrainResult(w.detach().clone(), tuple(losses), time.perf_counter() - start, tuple(snaps))
 
@@ -176,6 +197,7 @@ def fine_tune(
     *,
     init: Tensor | None = None,
     progress: bool = False,
+    checkpoint: Checkpointer | None = None,
 ) -> TrainResult:
     """One MAP optimum: fresh seeded init (full space) or the space's initial latent, then AdamW."""
     if init is None:
@@ -185,7 +207,8 @@ def fine_tune(
             init = space.initial()
             g = torch.Generator().manual_seed(int(config.seed))
             init = init + 1e-3 * torch.randn(init.shape, generator=g) * (init == 0)
-    return train_latent(fm, space, task, init, config, progress=progress, stage=f"fine-tune seed {config.seed}")
+    return train_latent(fm, space, task, init, config, progress=progress,
+                        stage=f"fine-tune seed {config.seed}", checkpoint=checkpoint)
 
 
 def head_names(layout: ParamLayout) -> tuple[str, ...]:

@@ -146,7 +146,11 @@ def run_numpyro_svi(grid: LogitGrid, *, steps: int, lr: float, num_samples: int,
     res = svi.run(jax.random.PRNGKey(int(seed)), steps, progress_bar=False)
     losses = np.asarray(res.losses).tolist()
     if not np.all(np.isfinite(losses)):
-        raise FloatingPointError("curve SVI on cached logits: the ELBO became non-finite")
+        from ..lora.train import NumericalError
+
+        bad = int(np.argmin(np.isfinite(losses)))
+        raise NumericalError(f"curve SVI on cached logits: the ELBO became non-finite at step {bad} (lower svi_lr)",
+                             step=bad)
     draws = g.sample_posterior(jax.random.PRNGKey(int(seed) + 1), res.params, sample_shape=(num_samples,))
     t = torch.tensor(np.asarray(draws["t"]), dtype=torch.float32).reshape(1, -1)
     return t, {"kernel": f"svi-{guide}-numpyro-cached-logits", "final_elbo": -float(losses[-1])}, losses

@@ -73,3 +73,48 @@ def test_sigkill_mid_run_resumes_to_identical_results(setup):
     assert all(stages[name] == "skipped" for name in done_before), (done_before, stages)
     assert stages.get("anchor__0") == "skipped"
     assert _numbers(out) == _numbers(ref)
+
+
+def test_sigkill_inside_a_stage_resumes_from_its_periodic_checkpoint(setup):
+    """Killed mid-stage (a training loop between two checkpoints), the same command resumes that
+    loop from its last checkpoint — not from the stage's start — and ends identical."""
+    root, cfg, data_dir, ref, env = setup
+    often = root / "often.toml"
+    text = cfg.read_text()
+    assert "[runtime]" in text
+    often.write_text(text.replace("[runtime]", "[runtime]\ncheckpoint_every = 2", 1))
+    out = root / "killed_mid_stage"
+    proc = subprocess.Popen(_cmd(often, out, data_dir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=env, cwd=REPO)
+    ckpts = out / "checkpoints"
+    deadline = time.time() + 120
+    while not list(ckpts.glob("anchor__*.json")) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    left = sorted(p.stem for p in ckpts.glob("*.json"))
+    assert left, "the kill should land inside a checkpointed training loop"
+    r = subprocess.run(_cmd(often, out, data_dir), capture_output=True, text=True, env=env, cwd=REPO, check=False)
+    assert r.returncode == 0, r.stderr
+    resumed = [line for line in r.stdout.splitlines() if "resuming from the checkpoint at step" in line]
+    assert any(f"[{left[0].replace('__', ':')}]" in line for line in resumed), (left, r.stdout)
+    assert not list(ckpts.glob("*.safetensors")), "finished stages remove their checkpoints"
+    assert _numbers(out) == _numbers(ref)
+
+
+def test_nan_in_training_exits_2_naming_stage_and_step_and_keeps_the_checkpoint(setup):
+    root, cfg, data_dir, ref, env = setup
+    from scenarios import tiny_run_config
+
+    bad = root / "nan.toml"
+    model_dir = json.loads((ref / "config.json").read_text())["config"]["model"]["name"]
+    bad.write_text(dump_toml(tiny_run_config(model_dir, anchors={"count": 2, "lr": 1e12}, methods={"map": {}},
+                                             runtime={"threads": 1, "progress": False, "checkpoint_every": 2})))
+    out = root / "nan"
+    r = subprocess.run(_cmd(bad, out, data_dir), capture_output=True, text=True, env=env, cwd=REPO, check=False)
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr
+    assert "error: stage anchor:0: " in r.stderr and "the loss became nan at step" in r.stderr, r.stderr
+    assert "the last good checkpoint (step 2) is kept in" in r.stderr, r.stderr
+    assert (out / "checkpoints" / "anchor__0.safetensors").is_file()
+    assert not (out / "stages" / "anchor__0" / "manifest.json").exists()
