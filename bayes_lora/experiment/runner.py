@@ -21,10 +21,9 @@ from ..lora.io import atomic_write_bytes, atomic_write_json, file_digest, load_t
 from ..lora.train import NumericalError
 from .config import ExperimentConfig, dump_toml, hash_json
 from .config import smoke as smoke_config
-from .evaluate import Evaluation, evaluate, mcmc_diagnostics, posterior_idata
 from .distributed import Cluster
+from .evaluate import Evaluation, evaluate, mcmc_diagnostics, posterior_idata
 from .stages import StageRecord, StageStore
-
 
 #: bumped when a stage's computation or files change meaning, so older stage folders are recomputed
 STAGES_FORMAT = 2

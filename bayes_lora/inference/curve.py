@@ -18,8 +18,8 @@ from torch import Tensor
 from ..lora.curve_train import CurveConfig, train_curve
 from ..lora.curves import BezierCurve
 from ..lora.spaces import FullSpace
-from ..models import CurveModel, CurvePosteriorSpec, TaskLogits
 from ..lora.train import NumericalError
+from ..models import CurveModel, CurvePosteriorSpec, TaskLogits
 from ..types import FitInfo
 from .base import FitContext, Posterior
 from .registry import register

@@ -29,9 +29,9 @@ from enum import Enum
 import torch
 from torch import Tensor
 
+from ..lora.checkpoint import Checkpointer
 from ..lora.params import FunctionalModel
 from ..lora.spaces import FullSpace, ParameterSpace, ProjectedSpace
-from ..lora.checkpoint import Checkpointer
 from ..lora.train import TrainConfig, TrainResult, train_latent
 from ..types import FitInfo
 from .base import FitContext, Posterior, SpaceKind

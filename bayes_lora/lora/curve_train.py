@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..types import EncodedTask
-from .curves import BezierCurve, linear_path
 from .checkpoint import Checkpointer, StepLoop, optimizer_state, restore_optimizer
+from .curves import BezierCurve, linear_path
 from .params import FunctionalModel
 from .spaces import ParameterSpace
 from .train import NumericalError
