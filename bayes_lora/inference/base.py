@@ -115,13 +115,45 @@ class FitContext:
 
 
 @torch.no_grad()
-def predict_probs(fm: FunctionalModel, task: EncodedTask, thetas: Tensor, *, batch_size: int = 64) -> Tensor:
-    """Probabilities [S, N, C] of every θ in ``thetas`` [S, D] on every example of ``task``."""
+def predict_probs(
+    fm: FunctionalModel,
+    task: EncodedTask,
+    thetas: Tensor,
+    *,
+    batch_size: int = 64,
+    fold_samples: bool | None = None,
+    max_rows: int = 512,
+) -> Tensor:
+    """Probabilities [S, N, C] of every θ in ``thetas`` [S, D] on every example of ``task``.
+
+    With ``fold_samples`` up to ``max_rows // batch`` samples share one forward pass: the batch
+    is repeated per sample and each sample's adapters act on its own rows
+    (:mod:`bayes_lora.lora.batched`); otherwise one forward pass per θ. Both give the same numbers
+    (to float rounding). The default folds on a GPU and loops on a CPU: on CPU the frozen base's
+    matrix products dominate either way and folding measured 1.16× *slower* (MiniLM suffix,
+    S = 16, batch 32, 2 cores; ``benchmarks/perf.py``), while on a GPU one large pass replaces S
+    small, launch-bound ones.
+    """
+    from ..lora.batched import can_fold, folded_class_logits
+
+    if fold_samples is None:
+        fold_samples = _on_gpu(fm) and can_fold(fm)
+    fold = fold_samples and thetas.shape[0] > 1
     out = []
     for batch in task.batches(batch_size):
-        per = [task.class_logits(fm.forward_at(th), batch).softmax(-1) for th in thetas]
-        out.append(torch.stack(per))
+        if fold:
+            k = max(1, max_rows // max(1, batch["labels"].shape[0]))
+            per = torch.cat([folded_class_logits(fm, task, batch, thetas[i:i + k])
+                             for i in range(0, thetas.shape[0], k)]).softmax(-1)
+        else:
+            per = torch.stack([task.class_logits(fm.forward_at(th), batch).softmax(-1) for th in thetas])
+        out.append(per)
     return torch.cat(out, dim=1)
+
+
+def _on_gpu(fm: FunctionalModel) -> bool:
+    p = next(fm.model.parameters(), None)
+    return p is not None and p.device.type == "cuda"
 
 
 class Posterior:
