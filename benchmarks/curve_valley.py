@@ -71,7 +71,8 @@ def main() -> int:
     with torch.no_grad():
         mid_thetas = curve(torch.tensor(mids))
         uniform = curve(torch.linspace(0, 1, args.points))
-    mid_acc = [summarize(predict_probs(fm, test, th[None]), test.labels)["accuracy"] for th in mid_thetas]
+    mid_probs = [predict_probs(fm, test, th[None])[0] for th in mid_thetas]
+    mid_acc = [summarize(pr[None], test.labels)["accuracy"] for pr in mid_probs]
     uni = summarize(predict_probs(fm, test, uniform), test.labels)
     ens, post = res["bench_ensemble"], res["bench_curve_grid"]
     best = max(anchor_acc)
@@ -87,6 +88,15 @@ def main() -> int:
           f"straight line: {min(lin['accuracy']):.4f}")
     gap = 100 * (best - min(mid_acc))
     print(f"midpoint vs best anchor       {-gap:+.2f} points   (target ≥ −0.5)  {'PASS' if gap <= 0.5 else 'MISS'}")
+    # paired bootstrap over test sentences: how much of that gap is sampling noise
+    worst = mid_probs[min(range(K), key=lambda k: mid_acc[k])]
+    diff = ((worst.argmax(-1) == test.labels).float()
+            - (members[max(range(len(anchor_acc)), key=lambda i: anchor_acc[i])].argmax(-1) == test.labels).float())
+    g = torch.Generator().manual_seed(0)
+    boots = torch.stack([diff[torch.randint(len(diff), (len(diff),), generator=g)].mean() for _ in range(2000)])
+    lo, hi = (100 * torch.quantile(boots, q).item() for q in (0.025, 0.975))
+    print(f"  paired bootstrap 95 % interval of that difference: [{lo:+.2f}, {hi:+.2f}] points "
+          f"(SE {100 * boots.std().item():.2f}; {int((diff != 0).sum())} of {len(diff)} sentences change)")
     print("\n| predictive | accuracy | NLL | ECE % | MI |\n|---|---:|---:|---:|---:|")
     print(f"| ensemble of anchors | {ens['accuracy']:.4f} | {ens['nll']:.4f} | {ens['ece']:.2f} | "
           f"{ens['mutual_information']:.5f} |")
@@ -95,7 +105,8 @@ def main() -> int:
     print(f"| curve, posterior over t (grid) | {post['accuracy']:.4f} | {post['nll']:.4f} | {post['ece']:.2f} | "
           f"{post['mutual_information']:.5f} |")
     summary = {"linear_barrier": lin["barrier"], "curve_barrier": cur["barrier"], "ratio": ratio,
-               "anchor_accuracy": anchor_acc, "midpoint_accuracy": mid_acc, "uniform_curve": uni,
+               "anchor_accuracy": anchor_acc, "midpoint_accuracy": mid_acc, "midpoint_gap_ci95": [lo, hi],
+               "uniform_curve": uni,
                "ensemble": ens, "curve_posterior": post}
     (Path(args.out) / "curve_valley.json").write_text(json.dumps(summary, indent=2))
     return 0

