@@ -689,8 +689,10 @@ def fit_laplace(
     anchor: which anchor is the MAP of the full space.
     jacobian_batch_size: examples per Jacobian in the GLM predictive.
     """
-    from laplace import Laplace
-    from laplace.curvature import CurvlinopsGGN, GGNInterface
+    with warnings.catch_warnings():  # a dependency scripts a function at import (torch.jit is deprecated)
+        warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
+        from laplace import Laplace
+        from laplace.curvature import CurvlinopsGGN, GGNInterface
 
     start = time.perf_counter()
     kind = _choice(SpaceKind, space, "space")
