@@ -72,10 +72,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args) -> int:
     from .config import load_config
+    from .distributed import relaunch_under_torchrun
     from .runner import Runner
 
     path = Path(args.config) if args.config else default_config_path()
-    cfg = load_config(path)
+    cfg = load_config(path)  # a bad config fails here, before any process is started
+    relaunch_under_torchrun(sys.argv[1:])
     out = Path(args.out) if args.out else Path("runs") / (cfg.name + ("-smoke" if args.smoke else ""))
     data_dir = args.data_dir
     if data_dir is None and (Path.cwd().parent / "shared" / "data").is_dir():

@@ -7,18 +7,19 @@ each other, and the next level starts; the main process then loads every finishe
 writes the report. Every stage computes exactly what it computes in one process, so the
 metrics are the same (bit-identical with the same number of threads per process).
 
-    accelerate launch --multi_gpu --num_processes 2 -m bayes_lora run CONFIG   # CPU or GPUs
-    torchrun --nproc_per_node 2 -m bayes_lora run CONFIG                       # the same, plainly
+    accelerate launch --num_processes 2 -m bayes_lora run CONFIG   # CPU (gloo) or GPUs
+    torchrun --nproc_per_node 2 -m bayes_lora run CONFIG           # the same, plainly
 
-(On a machine without GPUs accelerate's ``--multi_gpu`` flag still means "start the processes
-with torchrun"; they talk over gloo.)
+(On a machine without GPUs accelerate's launcher starts a single process and expects MPI;
+bayes_lora then relaunches itself under torchrun with the requested number of processes —
+:func:`relaunch_under_torchrun`. ``accelerate launch --multi_gpu`` goes to torchrun directly.)
 """
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -28,6 +29,44 @@ def _launched_world_size() -> int:
         if os.environ.get(var, "").isdigit():
             return int(os.environ[var])
     return 1
+
+
+def _accelerate_requested_processes() -> int:
+    """N when accelerate's simple launcher started this single process for ``--num_processes N``
+    (what ``accelerate launch --num_processes N`` does on a machine without GPUs); else 1.
+
+    accelerate passes no process count in the environment, so it is read from the launcher's
+    command line (Linux ``/proc``); anything unreadable gives 1."""
+    if _launched_world_size() > 1 or not (os.environ.get("ACCELERATE_MIXED_PRECISION") and os.environ.get("MASTER_ADDR")):
+        return 1
+    try:
+        args = Path(f"/proc/{os.getppid()}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return 1
+    for i, a in enumerate(args):
+        for flag in ("--num_processes", "--num-processes"):
+            if a == flag and i + 1 < len(args) and args[i + 1].isdigit():
+                return int(args[i + 1])
+            if a.startswith(flag + "=") and a.split("=", 1)[1].isdigit():
+                return int(a.split("=", 1)[1])
+    return 1
+
+
+def relaunch_under_torchrun(argv: list[str]) -> None:
+    """When accelerate started one process although N were asked for (no GPUs: its simple
+    launcher), replace this process by ``torchrun --nproc_per_node N -m bayes_lora ARGV``, so
+    ``accelerate launch --num_processes N -m bayes_lora run ...`` runs N processes over gloo."""
+    n = _accelerate_requested_processes()
+    if n <= 1:
+        return
+    import sys
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n),
+           "--master_addr", os.environ.get("MASTER_ADDR", "127.0.0.1"),
+           "--master_port", os.environ.get("MASTER_PORT", "29500"), "-m", "bayes_lora", *argv]
+    print(f"accelerate started one process for --num_processes {n} (no GPUs): relaunching with torchrun "
+          f"({n} processes, gloo)", file=sys.stderr, flush=True)
+    os.execv(sys.executable, cmd)
 
 
 class StageFailed(RuntimeError):
@@ -50,11 +89,6 @@ class Cluster:
     def current(cls) -> Cluster:
         """The processes this one was launched with (one when not launched distributed)."""
         if _launched_world_size() <= 1:
-            if os.environ.get("ACCELERATE_MIXED_PRECISION") and os.environ.get("MASTER_ADDR"):
-                warnings.warn(
-                    "accelerate started a single process: on a machine without GPUs, launch several with "
-                    "`accelerate launch --multi_gpu --num_processes N -m bayes_lora run ...` (torchrun + gloo)",
-                    RuntimeWarning, stacklevel=2)
             return cls()
         from accelerate import PartialState
 
@@ -100,4 +134,4 @@ class Cluster:
             torch.distributed.destroy_process_group()
 
 
-__all__ = ["Cluster", "StageFailed"]
+__all__ = ["Cluster", "StageFailed", "relaunch_under_torchrun"]

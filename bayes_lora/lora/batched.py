@@ -71,7 +71,7 @@ class PerSampleLinears:
         self.owners = owners
         self.layout = fm.layout
 
-    def __enter__(self) -> PerSampleLinears:
+    def __enter__(self) -> PerSampleLinears:  # noqa: PYI034
         s = self.thetas.shape[0]
         params = self.layout.unflatten(self.thetas)  # {name: [S, *shape]}
         self.modules: list[nn.Linear] = []
@@ -83,7 +83,7 @@ class PerSampleLinears:
             setattr(mod, f"_ps_{attr}", params[name])
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         for mod in self.modules:
             for a in ("forward", "_ps_weight", "_ps_bias", "_ps_samples"):
                 mod.__dict__.pop(a, None)

@@ -1,5 +1,6 @@
-"""Scale-out: `accelerate launch` with 2 CPU processes (gloo) runs the stages of a tiny config on
-both processes and gives exactly the metrics of a single-process run."""
+"""Scale-out: `accelerate launch --num_processes 2 -m bayes_lora run` on a CPU-only machine runs
+the stages of a tiny config on 2 processes (gloo) and gives exactly the metrics of a single-process
+run."""
 from __future__ import annotations
 
 import json
@@ -51,7 +52,7 @@ def test_two_accelerate_processes_give_the_single_process_metrics(setup):
     one, two = root / "one", root / "two"
     run = [sys.executable, "-m", "bayes_lora", "run", str(cfg), "--data-dir", str(data_dir), "--quiet"]
     subprocess.run([*run, "--out", str(one)], check=True, capture_output=True, env=env, cwd=REPO)
-    r = subprocess.run([str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+    r = subprocess.run([str(accelerate), "launch", "--num_processes", "2", "--num_machines", "1",
                         "--mixed_precision", "no", "--dynamo_backend", "no",
                         "--main_process_port", str(_free_port()),
                         "-m", "bayes_lora", "run", str(cfg), "--data-dir", str(data_dir), "--quiet", "--out", str(two)],
@@ -65,3 +66,4 @@ def test_two_accelerate_processes_give_the_single_process_metrics(setup):
     assert set(ran.values()) == {0, 1}, "both processes ran stages"
     assert ran["anchor:0"] == 0 and ran["anchor:1"] == 1 and ran["anchor:2"] == 0
     assert "[process 1]" in r.stdout
+    assert "relaunching with torchrun (2 processes, gloo)" in r.stderr
