@@ -183,3 +183,32 @@ def tiny_run_config(model_dir, **tables) -> dict:
     for name, values in tables.items():
         cfg[name] = {**cfg.get(name, {}), **values} if isinstance(values, dict) else values
     return cfg
+
+
+def write_tiny_choice_setup(root, n_train: int = 48, n_test: int = 16):
+    """A tiny Llama causal LM saved as a local folder and toy OpenBookQA / ARC-Easy JSONL files.
+
+    Each question's right answer carries the question's key word's sentiment (learnable).
+    Returns ``(model_dir, data_dir)``.
+    """
+    import json
+    from pathlib import Path
+
+    root = Path(root)
+    model_dir, data_dir = root / "tiny-llama", root / "data"
+    tiny_llama().save_pretrained(model_dir)
+    tiny_tokenizer(with_cls=False).save_pretrained(model_dir)
+    for task, seed0 in (("openbookqa", 0), ("arc_easy", 10)):
+        (data_dir / task).mkdir(parents=True)
+        for split, n, seed in (("train", n_train, seed0), ("dev", n_test, seed0 + 1), ("test", n_test, seed0 + 2)):
+            texts, labels = sentiment_texts(n, seed)
+            rows = []
+            for i, (t, y) in enumerate(zip(texts, labels)):
+                good = POSITIVE[i % len(POSITIVE)] if y else NEGATIVE[i % len(NEGATIVE)]
+                bad = [NEGATIVE[(i + k) % len(NEGATIVE)] if y else POSITIVE[(i + k) % len(POSITIVE)] for k in range(3)]
+                answer = i % 4
+                texts4 = bad[:answer] + [good] + bad[answer:]
+                rows.append(json.dumps({"id": f"{split}-{i}", "question": {"stem": t, "choices": [
+                    {"text": c, "label": "ABCD"[k]} for k, c in enumerate(texts4)]}, "answerKey": "ABCD"[answer]}))
+            (data_dir / task / f"{split}.jsonl").write_text("\n".join(rows) + "\n")
+    return model_dir, data_dir

@@ -3,7 +3,9 @@
 Each notebook is run with nbclient in a fresh kernel of *this* interpreter: a kernel spec written
 into a temporary folder (``ipykernel.kernelspec.write_kernel_spec``, argv = ``sys.executable``) is
 put first on ``JUPYTER_PATH``, so no user-level ``python3`` spec pointing at another Python can be
-picked up instead (the kernel's ``sys.prefix`` is checked). The kernel gets
+picked up instead (the kernel's ``sys.prefix`` is checked). The committed copies must carry the outputs of a full
+run (SMOKE=False, every tagged cell with its output, no error); they are cleared in memory and
+executed afresh. The kernel gets
 ``BAYES_LORA_SMOKE=1``, the data folder and ``BAYES_LORA_NOTEBOOK_OUT`` = one temporary run
 folder shared by the three notebooks (in order: 02 and 03 reuse the stages 01 and 02 ran); the
 committed notebooks are never written to (executed copies go to the temporary folder).
@@ -91,6 +93,18 @@ def _outputs(cell) -> list[str]:
     return kinds
 
 
+def _check_committed_outputs(name, nb) -> None:
+    """The committed copy carries the outputs of a full (not smoke) run, without errors."""
+    first = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+                    if o.get("output_type") == "stream")
+    assert "SMOKE=False" in first, f"{name}: commit the notebook executed on a full run (SMOKE=False)"
+    assert not [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+                if o.get("output_type") == "error"], f"{name}: the committed outputs hold an error"
+    tagged = {t: c for c in nb.cells if c.cell_type == "code" for t in c.metadata.get("tags", [])}
+    for tag, (mime, least) in EXPECTED[name].items():
+        assert _outputs(tagged[tag]).count(mime) >= least, f"{name}: committed cell {tag!r} lacks its {mime} output"
+
+
 @pytest.mark.parametrize("name", list(EXPECTED))
 def test_notebook_executes_in_smoke_mode(name, notebook_env):
     import nbformat
@@ -99,8 +113,10 @@ def test_notebook_executes_in_smoke_mode(name, notebook_env):
     path = NOTEBOOKS / name
     assert path.is_file(), f"{path} is missing"
     nb = nbformat.read(path, as_version=4)
-    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), \
-        f"{name} is committed with outputs; clear them"
+    _check_committed_outputs(name, nb)
+    for c in nb.cells:  # executed afresh below
+        if c.cell_type == "code":
+            c.outputs, c.execution_count = [], None
     params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     assert params and nb.cells.index(params[0]) <= 2, "the parameters cell comes first"
     assert "BAYES_LORA_SMOKE" in params[0].source and "BAYES_LORA_NOTEBOOK_OUT" in params[0].source
