@@ -118,3 +118,15 @@ def test_nan_in_training_exits_2_naming_stage_and_step_and_keeps_the_checkpoint(
     assert "the last good checkpoint (step 2) is kept in" in r.stderr, r.stderr
     assert (out / "checkpoints" / "anchor__0.safetensors").is_file()
     assert not (out / "stages" / "anchor__0" / "manifest.json").exists()
+
+
+def test_nuts_diagnostics_are_reported_in_results_and_report(setup):
+    """Divergences, R-hat and ESS of t are counted and shown, not hidden."""
+    _root, _cfg, _data_dir, ref, _env = setup
+    m = json.loads((ref / "results.json").read_text())["methods"]["curve_nuts"]
+    assert isinstance(m["num_divergences"], int) and m["num_divergences"] >= 0
+    assert 0.9 < m["r_hat"] < 2.0 and m["ess_bulk"] > 0 and m["ess_tail"] > 0
+    assert "r_hat" not in json.loads((ref / "results.json").read_text())["methods"]["map"]
+    report = (ref / "report.md").read_text()
+    assert "## MCMC diagnostics of the curve position t" in report
+    assert f"| curve_nuts | {m['r_hat']:.4f} |" in report
