@@ -212,3 +212,19 @@ def write_tiny_choice_setup(root, n_train: int = 48, n_test: int = 16):
                     {"text": c, "label": "ABCD"[k]} for k, c in enumerate(texts4)]}, "answerKey": "ABCD"[answer]}))
             (data_dir / task / f"{split}.jsonl").write_text("\n".join(rows) + "\n")
     return model_dir, data_dir
+
+
+def write_tiny_single_thread_run(root, methods: dict):
+    """:func:`write_tiny_run_setup` plus a config file (3 anchors, ``methods``, one thread, no
+    bars) and the environment for CLI subprocesses whose numbers are compared exactly.
+
+    Returns ``(config_path, data_dir, env)``."""
+    import os
+
+    from bayes_lora.experiment.config import dump_toml
+
+    model_dir, data_dir = write_tiny_run_setup(root)
+    cfg = root / "c.toml"
+    cfg.write_text(dump_toml(tiny_run_config(model_dir, anchors={"count": 3}, methods=methods,
+                                             runtime={"threads": 1, "progress": False})))
+    return cfg, data_dir, {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -227,6 +227,8 @@ def compare_methods(
     import jax.numpy as jnp
     from numpyro.infer import MCMC, NUTS
 
+    from .idata import convergence
+
     if not 0.0 < hdi_prob < 1.0:
         raise ValueError(f"hdi_prob must be in (0, 1), got {hdi_prob}")
     if chain_method not in ("vectorized", "sequential"):
@@ -293,10 +295,8 @@ def compare_methods(
         }
     )
 
-    diag = az.summary(idata, kind="diagnostics", round_to="none")  # default rounds to 0.01
-    max_rhat = float(np.nanmax(diag["r_hat"].to_numpy()))
-    min_ess = float(np.nanmin(diag["ess_bulk"].to_numpy()))
-    num_div = int(idata.sample_stats["diverging"].values.sum())
+    diag = convergence(idata)
+    max_rhat, min_ess, num_div = diag["r_hat"], diag["ess_bulk"], diag["num_divergences"]
 
     effect = np.asarray(idata.posterior["effect"].values, dtype=np.float64)
     effect = effect.reshape(-1, len(methods))  # [chain * draw, method]

@@ -439,6 +439,20 @@ def summary(
     return az.summary(idata, var_names=names, **kwargs)
 
 
+def convergence(idata: az.InferenceData, var_names: Sequence[str] | None = None) -> dict[str, float]:
+    """The worst convergence numbers over the scalars of ``var_names``: largest R-hat, smallest
+    bulk and tail ESS, and (with a ``diverging`` sample statistic) the number of divergent
+    transitions."""
+    diag = summary(idata, var_names, kind="diagnostics", round_to="none")  # default rounds to 0.01
+    out = {"r_hat": float(np.nanmax(diag["r_hat"].to_numpy())),
+           "ess_bulk": float(np.nanmin(diag["ess_bulk"].to_numpy())),
+           "ess_tail": float(np.nanmin(diag["ess_tail"].to_numpy()))}
+    stats = getattr(idata, "sample_stats", None)
+    if stats is not None and "diverging" in stats:
+        out["num_divergences"] = int(stats["diverging"].values.sum())
+    return out
+
+
 def _reff(idata: az.InferenceData) -> float | None:
     # ArviZ estimates the relative efficiency from the posterior group and refuses without one;
     # draws of sampled approximations (ensembles, grids, Laplace samples) are independent.

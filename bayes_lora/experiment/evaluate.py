@@ -98,20 +98,12 @@ def posterior_idata(posterior, evaluation: Evaluation, *, label: str | None = No
 def mcmc_diagnostics(idata) -> dict[str, float]:
     """R-hat and bulk/tail ESS of the curve position t (≥ 2 chains) and the number of divergent
     transitions, for a sampler's InferenceData ({} when there is no chain of t)."""
-    import arviz as az
+    from ..diagnostics.idata import convergence
 
-    out: dict[str, float] = {}
     post = getattr(idata, "posterior", None)
     if post is None or "t" not in post or post["t"].sizes.get("chain", 1) < 2:
-        return out
-    t = post[["t"]]
-    out["r_hat"] = float(az.rhat(t)["t"].max())
-    out["ess_bulk"] = float(az.ess(t, method="bulk")["t"].min())
-    out["ess_tail"] = float(az.ess(t, method="tail")["t"].min())
-    stats = getattr(idata, "sample_stats", None)
-    if stats is not None and "diverging" in stats:
-        out["num_divergences"] = int(stats["diverging"].values.sum())
-    return out
+        return {}
+    return convergence(idata, ["t"])
 
 
 def _latents(posterior, n: int) -> tuple[dict[str, Any], dict[str, Any] | None, int | None]:

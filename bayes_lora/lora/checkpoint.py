@@ -73,11 +73,6 @@ class Checkpointer:
             self.log(f"resuming from the checkpoint at step {self.last_step} ({self.path.name})")
         return tensors, meta
 
-    def clear(self) -> None:
-        for f in (self.path, json_path(self.path)):
-            if f.exists():
-                os.unlink(f)
-
     def where(self) -> str:
         """For error messages: the last checkpoint kept, or that there is none."""
         if self.last_step >= 0 and self.path.is_file():
@@ -109,6 +104,40 @@ def restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, Tensor], me
         pid, k = name.split(".", 1)
         state.setdefault(int(pid), {})[k] = v
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+# --- one training loop's state: trained tensors + optimiser + position + records --------------
+def resume(checkpoint: Checkpointer | None, params: dict[str, Tensor], opt: torch.optim.Optimizer,
+           loop: StepLoop) -> tuple[dict, dict[str, Tensor]]:
+    """Restore ``params`` (in place), ``opt`` and ``loop`` from the checkpoint and return its
+    records and tensors; ``({}, {})`` when there is nothing to resume."""
+    saved = checkpoint.load() if checkpoint is not None else None
+    if saved is None:
+        return {}, {}
+    tensors, meta = saved
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(tensors[name])
+    restore_optimizer(opt, tensors, meta["optimizer"])
+    loop.restore(tensors, meta)
+    return meta, tensors
+
+
+def save_if_due(checkpoint: Checkpointer | None, params: dict[str, Tensor], opt: torch.optim.Optimizer,
+                loop: StepLoop, records: dict, extra: dict[str, Tensor] | None = None) -> None:
+    """After a completed step: write the loop's state when a checkpoint is due (not after the
+    last step — the caller stores the result then)."""
+    if checkpoint is None or not checkpoint.due(loop.step) or loop.step >= loop.total:
+        return
+    o_t, o_m = optimizer_state(opt)
+    l_t, l_m = loop.state()
+    checkpoint.save({**{n: p.detach() for n, p in params.items()}, **o_t, **l_t, **(extra or {})},
+                    {**l_m, "optimizer": o_m, **records})
+
+
+def kept(checkpoint: Checkpointer | None) -> str:
+    """For a NaN message: where the last good state is."""
+    return checkpoint.where() if checkpoint is not None else "no checkpoints were requested"
 
 
 class StepLoop:
@@ -166,4 +195,4 @@ class StepLoop:
         self._resume_rng = tensors["rng.now"]
 
 
-__all__ = ["Checkpointer", "StepLoop", "optimizer_state", "restore_optimizer"]
+__all__ = ["Checkpointer", "StepLoop", "kept", "optimizer_state", "restore_optimizer", "resume", "save_if_due"]

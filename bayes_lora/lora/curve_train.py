@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..types import EncodedTask
-from .checkpoint import Checkpointer, StepLoop, optimizer_state, restore_optimizer
+from .checkpoint import Checkpointer, StepLoop, kept, resume, save_if_due
 from .curves import BezierCurve, linear_path
 from .params import FunctionalModel
 from .spaces import ParameterSpace
@@ -137,18 +137,10 @@ def train_curve(
     if config.max_steps is not None:
         total = min(total, config.max_steps)
     loop = StepLoop(task, config.batch_size, total, g)
-    losses, js_vals, seconds = [], [], 0.0
-    saved = checkpoint.load() if checkpoint is not None else None
-    if saved is not None:
-        tensors, meta = saved
-        with torch.no_grad():
-            for i, p in enumerate(params):
-                p.copy_(tensors[f"param.{i}"])
-        restore_optimizer(opt, tensors, meta["optimizer"])
-        loop.restore(tensors, meta)
-        losses, js_vals = list(meta["losses"]), list(meta["js"])
-        seconds = float(meta.get("seconds", 0.0))
-    start = time.perf_counter() - seconds
+    named = {f"param.{i}": p for i, p in enumerate(params)}
+    records, _ = resume(checkpoint, named, opt, loop)
+    losses, js_vals = list(records.get("losses", [])), list(records.get("js", []))
+    start = time.perf_counter() - float(records.get("seconds", 0.0))
     bar = tqdm(total=total, initial=loop.step, desc="curve", disable=not progress, leave=False)
     for batch in loop:
         step = loop.step
@@ -169,9 +161,8 @@ def train_curve(
         objective = loss - config.js_weight * js
         if not torch.isfinite(objective):
             bar.close()
-            kept = checkpoint.where() if checkpoint is not None else "no checkpoints were requested"
             raise NumericalError(
-                f"curve training: the objective became {objective.item()} at step {step}; {kept} "
+                f"curve training: the objective became {objective.item()} at step {step}; {kept(checkpoint)} "
                 "(lower lr or sigma)",
                 last_good=curve.control_points().detach().clone(),
                 step=step,
@@ -185,12 +176,8 @@ def train_curve(
         js_vals.append(js.item())
         loop.completed()
         bar.update(1)
-        if checkpoint is not None and checkpoint.due(loop.step) and loop.step < total:
-            o_t, o_m = optimizer_state(opt)
-            l_t, l_m = loop.state()
-            checkpoint.save({**{f"param.{i}": p.detach() for i, p in enumerate(params)}, **o_t, **l_t},
-                            {**l_m, "optimizer": o_m, "losses": losses, "js": js_vals,
-                             "seconds": time.perf_counter() - start, "stage": "curve"})
+        save_if_due(checkpoint, named, opt, loop,
+                    {"losses": losses, "js": js_vals, "seconds": time.perf_counter() - start, "stage": "curve"})
     bar.close()
     return CurveTrainResult(curve, tuple(losses), tuple(js_vals), time.perf_counter() - start, config)
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..types import EncodedTask
-from .checkpoint import Checkpointer, StepLoop, optimizer_state, restore_optimizer
+from .checkpoint import Checkpointer, StepLoop, kept, resume, save_if_due
 from .params import FunctionalModel, ParamLayout, is_lora_factor
 from .spaces import ParameterSpace
 
@@ -135,27 +135,18 @@ def train_latent(
             return task_loss(fm, task, space.to_theta(w_), batch)
 
     loop = StepLoop(task, config.batch_size, total, g)
-    losses, snaps, seconds = [], [], 0.0
-    saved = checkpoint.load() if checkpoint is not None else None
-    if saved is not None:
-        tensors, meta = saved
-        with torch.no_grad():
-            w.copy_(tensors["w"])
-        restore_optimizer(opt, tensors, meta["optimizer"])
-        loop.restore(tensors, meta)
-        losses = list(meta["losses"])
-        snaps = [tensors[f"snapshot.{i}"] for i in range(int(meta["snapshots"]))]
-        seconds = float(meta.get("seconds", 0.0))
-    start = time.perf_counter() - seconds
+    records, tensors = resume(checkpoint, {"w": w}, opt, loop)
+    losses = list(records.get("losses", []))
+    snaps = [tensors[f"snapshot.{i}"] for i in range(int(records.get("snapshots", 0)))]
+    start = time.perf_counter() - float(records.get("seconds", 0.0))
     bar = tqdm(total=total, initial=loop.step, desc=stage, disable=not progress, leave=False)
     for batch in loop:
         step = loop.step
         loss = loss_fn(w, batch, step)
         if not torch.isfinite(loss):
             bar.close()
-            kept = checkpoint.where() if checkpoint is not None else "no checkpoints were requested"
             raise NumericalError(
-                f"{stage}: the loss became {loss.item()} at step {step}; {kept} "
+                f"{stage}: the loss became {loss.item()} at step {step}; {kept(checkpoint)} "
                 "(lower the learning rate or check the data)",
                 last_good=w.detach().clone(),
                 step=step,
@@ -172,12 +163,9 @@ def train_latent(
         bar.update(1)
         if progress:
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
-        if checkpoint is not None and checkpoint.due(loop.step) and loop.step < total:
-            o_t, o_m = optimizer_state(opt)
-            l_t, l_m = loop.state()
-            checkpoint.save({"w": w.detach(), **o_t, **l_t, **{f"snapshot.{i}": s for i, s in enumerate(snaps)}},
-                            {**l_m, "optimizer": o_m, "losses": losses, "snapshots": len(snaps),
-                             "seconds": time.perf_counter() - start, "stage": stage})
+        save_if_due(checkpoint, {"w": w}, opt, loop,
+                    {"losses": losses, "snapshots": len(snaps), "seconds": time.perf_counter() - start, "stage": stage},
+                    {f"snapshot.{i}": s for i, s in enumerate(snaps)})
     bar.close()
     return TrainResult(w.detach().clone(), tuple(losses), time.perf_counter() - start, tuple(snaps))
 

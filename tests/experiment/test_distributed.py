@@ -4,7 +4,6 @@ run."""
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -12,9 +11,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO
-from scenarios import tiny_run_config, write_tiny_run_setup
-
-from bayes_lora.experiment.config import dump_toml
+from scenarios import write_tiny_single_thread_run
 
 METHODS = {"map": {}, "ensemble": {}, "laplace": {"space": "projected", "subset": 32},
            "swag": {"snapshots": 3, "collect_every": 2},
@@ -36,11 +33,7 @@ def _metrics(out: Path):
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("dist")
-    model_dir, data_dir = write_tiny_run_setup(root)
-    cfg = root / "c.toml"
-    cfg.write_text(dump_toml(tiny_run_config(model_dir, anchors={"count": 3}, methods=METHODS,
-                                             runtime={"threads": 1, "progress": False})))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cfg, data_dir, env = write_tiny_single_thread_run(root, METHODS)
     return root, cfg, data_dir, env
 
 

@@ -3,7 +3,6 @@ uninterrupted one, and the same config and seed give identical numbers."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -11,7 +10,7 @@ import time
 
 import pytest
 from conftest import REPO
-from scenarios import tiny_run_config, write_tiny_run_setup
+from scenarios import write_tiny_single_thread_run
 
 from bayes_lora.experiment.config import dump_toml
 
@@ -35,11 +34,7 @@ def _cmd(cfg, out, data_dir):
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("resume")
-    model_dir, data_dir = write_tiny_run_setup(root)
-    cfg = root / "c.toml"
-    cfg.write_text(dump_toml(tiny_run_config(model_dir, anchors={"count": 3}, methods=METHODS,
-                                             runtime={"threads": 1, "progress": False})))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cfg, data_dir, env = write_tiny_single_thread_run(root, METHODS)
     ref = root / "ref"
     subprocess.run(_cmd(cfg, ref, data_dir), check=True, capture_output=True, env=env, cwd=REPO)
     return root, cfg, data_dir, ref, env
@@ -103,7 +98,7 @@ def test_sigkill_inside_a_stage_resumes_from_its_periodic_checkpoint(setup):
 
 
 def test_nan_in_training_exits_2_naming_stage_and_step_and_keeps_the_checkpoint(setup):
-    root, cfg, data_dir, ref, env = setup
+    root, _cfg, data_dir, ref, env = setup
     from scenarios import tiny_run_config
 
     bad = root / "nan.toml"

@@ -38,9 +38,10 @@ def test_folded_logits_equal_the_loop_on_a_peft_classifier():
 
 
 def test_folded_logits_equal_the_loop_on_the_prefix_cached_suffix():
+    from scenarios import tiny_bert
+
     from bayes_lora.lora.backbone import LoraSettings, add_lora
     from bayes_lora.lora.prefix import with_prefix_cache
-    from scenarios import tiny_bert
 
     model = add_lora(tiny_bert(layers=3), LoraSettings(r=4, alpha=8.0, target_modules=("query", "value"), layers=(2,)),
                      kind="classifier")
@@ -54,9 +55,10 @@ def test_folded_logits_equal_the_loop_on_the_prefix_cached_suffix():
 
 
 def test_folded_logits_equal_the_loop_on_a_multiple_choice_causal_lm():
+    from scenarios import tiny_tokenizer
+
     from bayes_lora.data import MultipleChoiceData, encode
     from bayes_lora.lora.backbone import LoraSettings, add_lora
-    from scenarios import tiny_tokenizer
 
     lm = add_lora(tiny_llama(), LoraSettings(r=2, alpha=4.0, target_modules=("q_proj", "v_proj"), train_head=False),
                   kind="causal_lm")
