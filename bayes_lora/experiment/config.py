@@ -183,7 +183,10 @@ class CurveSection:
     batch_size: int = _spec(default=16, ge=1)
     js_weight: float = _spec(default=0.05, ge=0)
     js_points: int = _spec(default=2, ge=2)
-    js_batch: int = _spec(default=8, ge=1)
+    js_batch: int = _spec(default=4, ge=1)
+    js_grad: str = _spec(default="first", choices=("first", "all"),
+                         doc="'first': backpropagate the JS term through the loss point only (weighted by M, "
+                             "the same expected gradient, cheaper); 'all': through every point")
     perturbation: str = _spec(default="gaussian", choices=("none", "gaussian", "sam"))
     sigma: float = _spec(default=1e-3, ge=0)
     rho: float = _spec(default=0.05, ge=0)
@@ -249,6 +252,9 @@ def _method_config(label: str, table: Any) -> MethodConfig:
                 raise ConfigError(f"{where}.{key} must be an integer, got {value!r}")
         if isinstance(default, str) and not isinstance(value, str):
             raise ConfigError(f"{where}.{key} must be a string, got {value!r}")
+    for key, allowed in get_backend(method).choices.items():
+        if key in table and table[key] not in allowed:
+            raise ConfigError(f"{where}.{key} must be one of {', '.join(map(repr, allowed))}, got {table[key]!r}")
     return MethodConfig(label, method, table)
 
 

@@ -25,9 +25,9 @@ from torch import Tensor
 from ..lora.checkpoint import Checkpointer
 from ..lora.io import atomic_write_json, load_tensors, save_tensors
 from ..lora.params import FunctionalModel
-from ..lora.spaces import ProjectedSpace
+from ..lora.spaces import FullSpace, ParameterSpace, ProjectedSpace
 from ..lora.train import TrainConfig, fine_tune
-from ..types import EncodedTask, FitInfo, Prediction
+from ..types import EncodedTask, FitInfo, Prediction, over_batches
 
 
 class Method(str, Enum):
@@ -54,6 +54,9 @@ class SpaceKind(str, Enum):
 
     PROJECTED = "projected"
     """LoRA-XS cores (and head) around the projected MAP ``ctx.projected_map()`` (B-LoRA-XS)."""
+    ADAPTER = "adapter"
+    """r×r cores (and head) between the frozen SVD factors of a fine-tuned anchor's own update
+    B̂Â, around that anchor (identity cores): a small subspace through the full-LoRA MAP."""
     FULL = "full"
     """Every LoRA tensor and the head (θ) around a fine-tuned anchor."""
 
@@ -102,6 +105,14 @@ class FitContext:
             self.cache["projected_space"] = ProjectedSpace(self.fm.model, self.fm.layout)
         return self.cache["projected_space"]
 
+    def adapter_space(self, anchor: int = 0) -> ProjectedSpace:
+        """The r×r-core space through anchor ``anchor`` (SVD of its update), computed once."""
+        key = f"adapter_space:{anchor}"
+        if key not in self.cache:
+            theta = self.require_anchors(anchor + 1)[anchor]
+            self.cache[key] = ProjectedSpace(self.fm.model, self.fm.layout, around=theta)
+        return self.cache[key]
+
     def projected_map(self) -> Tensor:
         """A MAP core latent in the projected space (LoRA-XS fine-tuning), computed once."""
         if "projected_map" not in self.cache:
@@ -112,6 +123,40 @@ class FitContext:
             self.cache["projected_map"] = res.latent
             self.cache["projected_map_seconds"] = res.seconds
         return self.cache["projected_map"]
+
+
+def space_state(space: ParameterSpace) -> tuple[dict[str, Tensor], dict]:
+    """Tensors and JSON from which :func:`space_from_state` rebuilds a full, projected (LoRA-XS) or
+    adapter space. The SVD factors are saved: a core latent means nothing under other singular
+    vector signs (another LAPACK may flip them), and an adapter space's factors come from θ̂."""
+    if isinstance(space, FullSpace):
+        return {}, {"space": SpaceKind.FULL.value}
+    if isinstance(space, ProjectedSpace):
+        tensors = {f"space.{k}": v for k, v in space.state_dict().items()}
+        return tensors, {"space": space.kind, "include_other": space.include_other}
+    raise TypeError(f"cannot save a {type(space).__name__}: only full, projected and adapter spaces")
+
+
+def space_from_state(
+    fm: FunctionalModel, tensors: Mapping[str, Tensor], meta: Mapping, ctx: FitContext | None = None
+) -> ParameterSpace:
+    """The space saved by :func:`space_state`. A projected space saved without its factors (older
+    files) is recomputed from the frozen base weights (or taken from ``ctx``)."""
+    kind = SpaceKind(meta["space"])
+    if kind is SpaceKind.FULL:
+        return FullSpace(fm.layout)
+    include_other = meta.get("include_other", True)
+    saved = {k[len("space."):]: v for k, v in tensors.items() if k.startswith("space.")}
+    if not saved:
+        if kind is SpaceKind.ADAPTER:
+            raise ValueError("a saved adapter space needs its SVD factors (space.* tensors), none were saved")
+        if ctx is not None and ctx.fm is fm and include_other:
+            return ctx.projected_space()
+    space = ProjectedSpace(fm.model, fm.layout, include_other=include_other)
+    if saved:
+        space.load_state_dict(saved)
+    space.source = "update" if kind is SpaceKind.ADAPTER else "weight"
+    return space
 
 
 @torch.no_grad()
@@ -126,6 +171,9 @@ def predict_probs(
 ) -> Tensor:
     """Probabilities [S, N, C] of every θ in ``thetas`` [S, D] on every example of ``task``.
 
+    The examples are visited in batches of similar length (:func:`~bayes_lora.types.over_batches`)
+    and returned in task order.
+
     With ``fold_samples`` up to ``max_rows // batch`` samples share one forward pass: the batch
     is repeated per sample and each sample's adapters act on its own rows
     (:mod:`bayes_lora.lora.batched`); otherwise one forward pass per θ. Both give the same numbers
@@ -139,16 +187,15 @@ def predict_probs(
     if fold_samples is None:
         fold_samples = _on_gpu(fm) and can_fold(fm)
     fold = fold_samples and thetas.shape[0] > 1
-    out = []
-    for batch in task.batches(batch_size):
+
+    def probs(batch) -> Tensor:  # [S, B, C]
         if fold:
             k = max(1, max_rows // max(1, batch["labels"].shape[0]))
-            per = torch.cat([folded_class_logits(fm, task, batch, thetas[i:i + k])
-                             for i in range(0, thetas.shape[0], k)]).softmax(-1)
-        else:
-            per = torch.stack([task.class_logits(fm.forward_at(th), batch).softmax(-1) for th in thetas])
-        out.append(per)
-    return torch.cat(out, dim=1)
+            return torch.cat([folded_class_logits(fm, task, batch, thetas[i:i + k])
+                              for i in range(0, thetas.shape[0], k)]).softmax(-1)
+        return torch.stack([task.class_logits(fm.forward_at(th), batch).softmax(-1) for th in thetas])
+
+    return over_batches(task, batch_size, probs, dim=1)
 
 
 def _on_gpu(fm: FunctionalModel) -> bool:

@@ -121,7 +121,7 @@ def _get_curve(ctx: FitContext, spec: CurvePosteriorSpec, curve: BezierCurve | N
     return res.curve
 
 
-@register("curve", CurvePosterior)
+@register("curve", CurvePosterior, choices={"inference": INFERENCE})
 def fit_curve(
     ctx: FitContext,
     *,

@@ -6,6 +6,9 @@ The posterior is a Gaussian N(ŵ, Σ) over the latent w of one parameter space (
 * ``space="projected"`` — the LoRA-XS cores (and head) of :class:`~bayes_lora.lora.spaces.
   ProjectedSpace`, around the projected MAP ``ctx.projected_map()``; d = M·r² + head numbers
   (1,538 on the default model);
+* ``space="adapter"`` — the same r×r cores and head, but between the frozen SVD factors of a
+  fine-tuned anchor's own update B̂Â = UΣVᵀ (``ProjectedSpace(around=θ̂)``): the core R = I *is*
+  the anchor, so the Gaussian sits at the full-LoRA MAP (d = 1,154 on the default model);
 * ``space="full"`` — θ itself, every LoRA tensor and the head, around a MAP anchor
   ``ctx.anchors[anchor]``; d = D (74,498 on the default model).
 
@@ -15,7 +18,7 @@ logits), in one of three structures — dense, diagonal, or Kronecker-factored p
 (K-FAC; Martens & Grosse 2015) — and λ a scalar prior precision, fixed or chosen by maximising
 the Laplace evidence log p(D) ≈ log p(D|ŵ) − ½ λ‖ŵ‖² + ½ log det(λI) − ½ log det Σ⁻¹
 (MacKay 1992; Immer et al. 2021). T = n/N rescales a Hessian fitted on n of the N training
-examples (``subset``) to the whole set.
+examples (``subset``) to the whole set; an optional likelihood temperature multiplies it.
 
 Predictives
 -----------
@@ -36,10 +39,18 @@ laplace-torch fits H and tunes λ; its posterior precision is then stored here i
 predictive and save / load work without a live laplace-torch object.
 
 * Dense and diagonal structures: the network handed to laplace-torch is :class:`LatentNet`, whose
-  only parameter is the latent w; curvature comes from laplace-torch's ``GGNInterface``, which
-  builds Jacobians with ``torch.func.jacrev``. (Its default curvlinops backend computes dense GGNs
-  with forward-mode AD, which the CPU scaled-dot-product attention of transformers does not
-  implement.)
+  only parameter is the latent w. Curvature comes from a laplace-torch curvature backend of our
+  own, :func:`per_example_ggn_backend` (a ``GGNInterface`` whose ``full`` / ``diag`` /
+  ``jacobians`` use per-example adapters, :func:`~bayes_lora.lora.batched.per_example_vjp`): the
+  GGN Σ_i J_iᵀ Λ_i J_i with Λ_i = diag p_i − p_i p_iᵀ = Σ_k u_ik u_ikᵀ of rank C − 1 is Σ_i Σ_k
+  (J_iᵀ u_ik)(J_iᵀ u_ik)ᵀ, so one forward and C − 1 backward passes per batch (one for a binary
+  task) give it exactly — the cost of a training step. laplace-torch's stock ``GGNInterface``
+  (``torch.func.jacrev``, which loops over output rows because the CPU attention backward has no
+  vmap rule) is the fallback for models whose θ is not made of linear layers. (Its default
+  curvlinops backend computes dense GGNs with forward-mode AD, which the CPU scaled-dot-product
+  attention of transformers does not implement.) The dense structure's evidence uses one
+  eigendecomposition of H: log det(H/T + λI) = Σ_j log(h_j/T + λ) for a scalar λ, instead of a
+  d × d log-determinant at every step of the prior optimisation.
 * Kronecker structure: K-FAC needs the linear layers that consume the parameters, so the network
   is the peft model itself (:class:`ModelNet`), with θ = ŵ written into its LoRA tensors and
   their gradients switched on only for the duration of the fit; curvature comes from
@@ -61,10 +72,11 @@ from typing import Any, ClassVar, TypeVar
 import torch
 from torch import Tensor, nn
 
+from ..lora.batched import can_fold, per_example_jacobians, per_example_vjp
 from ..lora.params import FunctionalModel, ParamLayout
-from ..lora.spaces import FullSpace, ParameterSpace, ProjectedSpace
-from ..types import Batch, EncodedTask, FitInfo, Prediction
-from .base import FitContext, Posterior, SpaceKind
+from ..lora.spaces import FullSpace, ParameterSpace
+from ..types import Batch, EncodedTask, FitInfo, Prediction, over_batches
+from .base import FitContext, Posterior, SpaceKind, space_from_state, space_state
 from .registry import register
 
 __all__ = [
@@ -392,16 +404,18 @@ def from_laplace_batch(x: Mapping[str, Any]) -> Batch:
     return batch
 
 
-def task_loader(task: EncodedTask, batch_size: int):
-    """A DataLoader of laplace-torch dict batches over ``task`` in order (dynamic padding kept:
-    every batch is the task's own batch of the selected examples)."""
+def task_loader(task: EncodedTask, batch_size: int, *, by_length: bool = False):
+    """A DataLoader of laplace-torch dict batches over ``task``, in order or sorted by length
+    (the curvature is a sum over examples: the order does not change it, and batches of similar
+    length pad less); dynamic padding kept: every batch is the task's own batch of its examples."""
     from torch.utils.data import DataLoader
 
     def collate(index: list[int]) -> UserDict:
         sub = task.subset(torch.as_tensor(index, dtype=torch.long))
         return to_laplace_batch(next(iter(sub.batches(len(index)))))
 
-    return DataLoader(list(range(len(task))), batch_size=batch_size, shuffle=False, collate_fn=collate)
+    order = torch.sort(task.example_lengths(), stable=True).indices.tolist() if by_length else list(range(len(task)))
+    return DataLoader(order, batch_size=batch_size, shuffle=False, collate_fn=collate)
 
 
 class LatentNet(nn.Module):
@@ -482,6 +496,92 @@ def _trainable_at(fm: FunctionalModel, theta: Tensor) -> Iterator[None]:
         layout.write_(model, saved)
 
 
+# --- laplace-torch curvature through per-example adapters ---------------------------------------
+
+
+def ggn_square_root(f: Tensor) -> Tensor:
+    """U [B, C, C − 1] with U_i U_iᵀ = Λ_i = diag(p_i) − p_i p_iᵀ, p_i = softmax(f_i).
+
+    Λ_i is the Hessian of the categorical NLL with respect to the logits; its null space is the
+    all-ones vector, so C − 1 columns suffice. For C = 2 it is √(p₀p₁)·(1, −1)ᵀ.
+    """
+    p = f.double().softmax(-1)
+    if p.shape[-1] == 2:
+        root = (p[:, 0] * p[:, 1]).sqrt()
+        u = torch.stack([root, -root], dim=-1)[..., None]
+    else:
+        lam = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]
+        evals, evecs = torch.linalg.eigh(lam)  # ascending: the first is the null direction (0)
+        u = evecs[..., 1:] * evals[:, None, 1:].clamp_min(0).sqrt()
+    return u.to(f.dtype)
+
+
+_BACKENDS: dict[str, type] = {}
+
+
+def per_example_ggn_backend() -> type:
+    """A laplace-torch ``GGNInterface`` for :class:`LatentNet` whose curvature comes from
+    per-example vector–Jacobian products (see the module docstring); built on first use so that
+    laplace-torch is imported only when a Laplace is fitted."""
+    if "ggn" in _BACKENDS:
+        return _BACKENDS["ggn"]
+    from laplace.curvature import GGNInterface
+
+    class PerExampleGGN(GGNInterface):
+        """Exact GGN (``full``, ``diag``) and Jacobians of a :class:`LatentNet` through
+        per-example adapters: one forward and C − 1 (GGN) or C (Jacobians) backward passes."""
+
+        def _square_root_rows(self, x) -> tuple[Tensor, Tensor]:
+            net: LatentNet = self.model
+            g, f = per_example_vjp(net._fm, net.space, net._task, from_laplace_batch(x), net.w, ggn_square_root)
+            return g.reshape(-1, g.shape[-1]), f  # [B·(C−1), d]
+
+        def full(self, x, y, **kwargs):
+            rows, f = self._square_root_rows(x)
+            return self.factor * self.lossfunc(f, y), rows.T @ rows
+
+        def diag(self, x, y, **kwargs):
+            rows, f = self._square_root_rows(x)
+            return self.factor * self.lossfunc(f, y), rows.square().sum(0)
+
+        def jacobians(self, x, enable_backprop: bool = False):
+            net: LatentNet = self.model
+            return per_example_jacobians(net._fm, net.space, net._task, from_laplace_batch(x), net.w)
+
+    _BACKENDS["ggn"] = PerExampleGGN
+    return PerExampleGGN
+
+
+def _eigen_full_laplace() -> type:
+    """laplace-torch's ``FullLaplace`` whose evidence uses one eigendecomposition of H."""
+    if "full" in _BACKENDS:
+        return _BACKENDS["full"]
+    from laplace import FullLaplace
+
+    class EigenFullLaplace(FullLaplace):
+        """FullLaplace with log det(H/T + diag λ) = Σ_j log(h_j/T + λ) when λ is one scalar
+        (the eigenvalues h_j of H are computed once per fit); other priors use the base class."""
+
+        _key = ("all", "full-eigen")  # its own key: laplace-torch's factory must never pick it
+
+        def fit(self, train_loader, override: bool = True, progress_bar: bool = False) -> None:
+            self._H_eigvals = None
+            super().fit(train_loader, override=override, progress_bar=progress_bar)
+
+        @property
+        def log_det_posterior_precision(self) -> Tensor:
+            prior = self.prior_precision_diag
+            if not bool((prior == prior[0]).all()):
+                return super().log_det_posterior_precision
+            if getattr(self, "_H_eigvals", None) is None:
+                h = self.H.detach().double()
+                self._H_eigvals = torch.linalg.eigvalsh((h + h.T) / 2).clamp_min(0).to(self.H.dtype)
+            return torch.log(self._H_factor * self._H_eigvals + prior[0]).sum()
+
+    _BACKENDS["full"] = EigenFullLaplace
+    return EigenFullLaplace
+
+
 # --- the posterior --------------------------------------------------------------------------------
 
 
@@ -497,7 +597,8 @@ class LaplacePosterior(Posterior):
         :class:`KronFactor`).
     predictive: "glm" or "sampled" (see :class:`Predictive`).
     link: "probit" or "mc", for the GLM predictive.
-    jacobian_batch_size: examples per Jacobian ``torch.func.jacrev`` call in the GLM predictive.
+    jacobian_batch_size: examples per Jacobian ``torch.func.jacrev`` call in the GLM predictive
+        (models that cannot use per-example adapters only).
     """
 
     method = "laplace"
@@ -554,6 +655,10 @@ class LaplacePosterior(Posterior):
     def glm_moments(self, task: EncodedTask, batch: Batch) -> tuple[Tensor, Tensor]:
         """Logits f̂ [B, C] at ŵ and their linearised covariance J Σ Jᵀ [B, C, C] on a batch."""
 
+        if can_fold(self.fm):  # per-example adapters: C backward passes for the whole batch
+            jac, f = per_example_jacobians(self.fm, self.space, task, batch, self.mean)
+            return f, self.factor.square_form(jac)
+
         def logits(w: Tensor) -> tuple[Tensor, Tensor]:
             out = task.class_logits(self.fm.forward_at(self.space.to_theta(w)), batch)
             return out, out
@@ -567,9 +672,10 @@ class LaplacePosterior(Posterior):
     ) -> Prediction:
         """Probabilities [S, N, C]: sampled θ_s, or the GLM predictive (see the module doc).
 
-        For the GLM predictive the Jacobians are taken over batches of
-        min(``batch_size``, ``jacobian_batch_size``) examples; with ``link="mc"`` the logit
-        noise [S, N, C] is drawn up front from ``seed``, so results do not depend on batching.
+        For the GLM predictive the Jacobians are taken per example over batches of ``batch_size``
+        examples (per-example adapters), or of min(``batch_size``, ``jacobian_batch_size``)
+        examples with ``torch.func.jacrev`` for models that cannot fold; with ``link="mc"`` the
+        logit noise [S, N, C] is drawn up front from ``seed``, so results do not depend on batching.
         """
         if self.predictive is Predictive.SAMPLED:
             return super().predict(task, num_samples=num_samples, seed=seed, batch_size=batch_size)
@@ -578,46 +684,38 @@ class LaplacePosterior(Posterior):
         if self.link is Link.MC:
             g = torch.Generator().manual_seed(int(seed))
             noise = torch.randn(s, len(task), task.num_classes, generator=g)
-        out, start = [], 0
-        for batch in task.batches(max(1, min(batch_size, self.jacobian_batch_size))):
+        jb = batch_size if can_fold(self.fm) else max(1, min(batch_size, self.jacobian_batch_size))
+
+        def probs(batch) -> Tensor:  # [S, B, C]
             f, cov = self.glm_moments(task, batch)
-            b = f.shape[0]
             if noise is None:
                 kappa = 1.0 / torch.sqrt(1.0 + math.pi / 8 * cov.diagonal(dim1=-2, dim2=-1))
-                out.append((kappa * f).softmax(-1).expand(s, b, -1))
-            else:
-                draws = f + torch.einsum("bck,sbk->sbc", _psd_sqrt(cov), noise[:, start : start + b])
-                out.append(draws.softmax(-1))
-            start += b
-        return Prediction(torch.cat(out, dim=1).contiguous(), task.labels)
+                return (kappa * f).softmax(-1).expand(s, f.shape[0], -1)
+            draws = f + torch.einsum("bck,sbk->sbc", _psd_sqrt(cov), noise[:, batch["index"]])
+            return draws.softmax(-1)
+
+        return Prediction(over_batches(task, jb, probs, dim=1).contiguous(), task.labels)
 
     # --- persistence ----------------------------------------------------------------------
     def state(self):
         tensors = {"mean": self.mean}
         tensors.update({f"factor.{k}": v for k, v in self.factor.tensors().items()})
+        space_tensors, space_meta = space_state(self.space)  # with the SVD factors of a core space
+        tensors.update(space_tensors)
         meta = {
-            "space": self.space.kind,
+            **space_meta,
             "structure": self.factor.structure,
             "factor": self.factor.meta(),
             "predictive": self.predictive.value,
             "link": self.link.value,
             "jacobian_batch_size": self.jacobian_batch_size,
         }
-        if isinstance(self.space, ProjectedSpace):
-            # the SVD bases are saved too: a core latent means nothing under other singular
-            # vector signs (another LAPACK may flip them)
-            tensors.update({f"space.{k}": v for k, v in self.space.state_dict().items()})
-            meta["include_other"] = self.space.include_other
         return tensors, meta
 
     @classmethod
     def from_state(cls, fm, tensors, meta, ctx=None):
-        kind = _choice(SpaceKind, meta["space"], "space")
-        if kind is SpaceKind.PROJECTED:
-            space = ProjectedSpace(fm.model, fm.layout, include_other=meta.get("include_other", True))
-            space.load_state_dict({k[len("space."):]: v for k, v in tensors.items() if k.startswith("space.")})
-        else:
-            space = FullSpace(fm.layout)
+        _choice(SpaceKind, meta["space"], "space")
+        space = space_from_state(fm, tensors, meta)
         factor_tensors = {k[len("factor."):]: v for k, v in tensors.items() if k.startswith("factor.")}
         factor = _FACTORS[meta["structure"]].from_tensors(factor_tensors, meta.get("factor", {}))
         return cls(
@@ -654,7 +752,8 @@ def _subset(task: EncodedTask, subset: int | None, seed: int) -> EncodedTask:
     return task.subset(index)
 
 
-@register("laplace", LaplacePosterior)
+@register("laplace", LaplacePosterior, choices={"space": SpaceKind, "hessian": HessianStructure,
+                                              "predictive": Predictive, "link": Link})
 def fit_laplace(
     ctx: FitContext,
     *,
@@ -667,16 +766,18 @@ def fit_laplace(
     batch_size: int | None = None,
     anchor: int = 0,
     jacobian_batch_size: int = 4,
+    temperature: float = 1.0,
 ) -> LaplacePosterior:
     """Laplace: a Gaussian around a MAP, curvature and evidence-tuned prior from laplace-torch.
 
     Parameters
     ----------
     ctx: the fit context (model, training task, anchors).
-    space: "projected" (LoRA-XS cores around ``ctx.projected_map()``) or "full" (θ around
-        ``ctx.anchors[anchor]``).
-    hessian: "full", "diag" or "kron"; default "full" on the projected space, "kron" on the full
-        space. Unsupported: "kron" on the projected space (a flat latent has no layers) and
+    space: "projected" (LoRA-XS cores around ``ctx.projected_map()``), "adapter" (r×r cores
+        between the SVD factors of ``ctx.anchors[anchor]``'s own update, around that anchor) or
+        "full" (θ around ``ctx.anchors[anchor]``).
+    hessian: "full", "diag" or "kron"; default "kron" on the full space, "full" on the core
+        spaces. Unsupported: "kron" on a core space (a flat latent has no layers) and
         "full" on a space of more than :data:`MAX_DENSE_DIM` coordinates.
     prior: "marglik" (scalar prior precision maximising the Laplace evidence, laplace-torch's
         ``optimize_prior_precision``) or a fixed prior precision λ ≥ 0.
@@ -684,10 +785,15 @@ def fit_laplace(
     link: "probit" or "mc" (GLM predictive only).
     subset: fit the Hessian on this many training examples (a sample seeded by ``ctx.seed``);
         curvature and log-likelihood are scaled by N / subset (laplace-torch's temperature).
-    batch_size: examples per curvature batch; default 32 for "kron" (one K-FAC pass per
-        batch) and ``jacobian_batch_size`` otherwise (Jacobians cost grows with the batch).
-    anchor: which anchor is the MAP of the full space.
+    batch_size: examples per curvature batch; default 32 (one K-FAC pass, or one forward and
+        C − 1 backward passes of per-example adapters, per batch), and ``jacobian_batch_size``
+        for models that cannot fold (``torch.func.jacrev`` costs grow with the batch).
+    anchor: which anchor is the MAP of the full and adapter spaces.
     jacobian_batch_size: examples per Jacobian in the GLM predictive.
+    temperature: likelihood temperature T > 0: the log-likelihood (and so H) is divided by T,
+        Σ⁻¹ = H/T + λI, and the evidence is that of the tempered likelihood. T > 1 widens the
+        posterior; small subspace posteriors are over-concentrated at T = 1 (Izmailov et al. 2019)
+        — choose T on held-out data, as the curve posterior's.
     """
     with warnings.catch_warnings():  # a dependency scripts a function at import (torch.jit is deprecated)
         warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
@@ -696,7 +802,7 @@ def fit_laplace(
 
     start = time.perf_counter()
     kind = _choice(SpaceKind, space, "space")
-    hessian = hessian or ("full" if kind is SpaceKind.PROJECTED else "kron")
+    hessian = hessian or ("kron" if kind is SpaceKind.FULL else "full")
     structure = _choice(HessianStructure, hessian, "hessian")
     _choice(Predictive, predictive, "predictive")
     _choice(Link, link, "link")
@@ -705,18 +811,24 @@ def fit_laplace(
             raise ValueError(f"laplace: prior must be 'marglik' or a float ≥ 0, got {prior!r}")
     elif not (isinstance(prior, (int, float)) and math.isfinite(prior) and prior >= 0):
         raise ValueError(f"laplace: a fixed prior precision must be a float ≥ 0, got {prior!r}")
+    if isinstance(temperature, bool) or not (isinstance(temperature, (int, float)) and math.isfinite(temperature)
+                                             and temperature > 0):
+        raise ValueError(f"laplace: temperature must be a float > 0, got {temperature!r}")
 
     fm = ctx.fm
+    if kind is not SpaceKind.FULL and structure is HessianStructure.KRON:
+        raise ValueError(
+            f"laplace: hessian='kron' is not supported on the {kind.value} space: its latent is one "
+            "flat vector with no linear layers to factor (K-FAC would reduce to one dense "
+            "block); use hessian='full' there (d is small), or space='full' for K-FAC over the "
+            "LoRA tensors"
+        )
     if kind is SpaceKind.PROJECTED:
-        if structure is HessianStructure.KRON:
-            raise ValueError(
-                "laplace: hessian='kron' is not supported on the projected space: its latent is one "
-                "flat vector with no linear layers to factor (K-FAC would reduce to one dense "
-                "block); use hessian='full' there (d is small), or space='full' for K-FAC over the "
-                "LoRA tensors"
-            )
         param_space: ParameterSpace = ctx.projected_space()
         mean = ctx.projected_map()
+    elif kind is SpaceKind.ADAPTER:
+        param_space = ctx.adapter_space(anchor)
+        mean = param_space.initial()  # identity cores and the anchor's head: the anchor itself
     else:
         param_space = FullSpace(fm.layout)
         mean = ctx.require_anchors(anchor + 1)[anchor]
@@ -731,21 +843,25 @@ def fit_laplace(
 
     train = _subset(ctx.train, subset, ctx.seed)
     n, n_total = len(train), len(ctx.train)
-    bs = batch_size or (32 if structure is HessianStructure.KRON else jacobian_batch_size)
+    bs = batch_size or (32 if structure is HessianStructure.KRON or can_fold(fm) else jacobian_batch_size)
     if bs < 1:
         raise ValueError(f"laplace: batch_size must be ≥ 1, got {bs}")
-    loader = task_loader(train, bs)
+    loader = task_loader(train, bs, by_length=True)
 
     def run(net: nn.Module, backend):
-        la = Laplace(
+        kwargs = {"subset_of_weights": "all", "hessian_structure": structure.value}
+        if structure is HessianStructure.FULL:
+            make, kwargs = _eigen_full_laplace(), {}
+        else:
+            make = Laplace
+        la = make(
             net,
             "classification",
-            subset_of_weights="all",
-            hessian_structure=structure.value,
+            **kwargs,
             backend=backend,
             dict_key_x=_LABELS,  # laplace-torch only reads dict_key_x for the batch size
             dict_key_y=_LABELS,
-            temperature=n / n_total,
+            temperature=float(temperature) * n / n_total,
         )
         t0 = time.perf_counter()
         with _quiet_vmap_fallback():
@@ -772,7 +888,7 @@ def fit_laplace(
         with _trainable_at(fm, mean):
             out = run(ModelNet(fm.model, train), CurvlinopsGGN)
     else:
-        out = run(LatentNet(fm, param_space, train, mean), GGNInterface)
+        out = run(LatentNet(fm, param_space, train, mean), per_example_ggn_backend() if can_fold(fm) else GGNInterface)
     factor, jitter, lml, prior_prec, fit_s, prior_s = out
 
     options = {
@@ -783,8 +899,9 @@ def fit_laplace(
         "link": link,
         "subset": subset,
         "batch_size": bs,
-        "anchor": anchor if kind is SpaceKind.FULL else None,
+        "anchor": None if kind is SpaceKind.PROJECTED else anchor,
         "jacobian_batch_size": jacobian_batch_size,
+        "temperature": temperature,
     }
     stats = {
         "prior_precision": prior_prec.item() if prior_prec.numel() == 1 else prior_prec.tolist(),

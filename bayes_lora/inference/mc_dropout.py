@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from ..lora.params import FunctionalModel
-from ..types import EncodedTask, FitInfo, Prediction
+from ..types import EncodedTask, FitInfo, Prediction, over_batches
 from .base import FitContext, Posterior
 from .registry import register
 
@@ -96,8 +96,7 @@ class MCDropoutPosterior(Posterior):
             for s in range(n):
                 with torch.random.fork_rng():
                     torch.manual_seed(int(seed) + s)
-                    probs = [task.class_logits(forward, b).softmax(-1) for b in task.batches(batch_size)]
-                out.append(torch.cat(probs))
+                    out.append(over_batches(task, batch_size, lambda b: task.class_logits(forward, b).softmax(-1)))
         return Prediction(torch.stack(out), task.labels)
 
     def state(self):

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import importlib
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from enum import Enum
 from pathlib import Path
 
 from ..lora.params import FunctionalModel
@@ -19,6 +20,9 @@ class Backend:
     fit: Callable[..., Posterior]
     posterior_cls: type[Posterior]
     doc: str = ""
+    choices: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """The allowed values of the string options that name a variant (e.g. ``space``), so that a
+    config can be checked before anything is trained."""
 
 
 _REGISTRY: dict[str, Backend] = {}
@@ -34,13 +38,18 @@ _BUILTIN = {
 }
 
 
-def register(name: str, posterior_cls: type[Posterior], doc: str = ""):
-    """Decorator registering ``fit(ctx, **options) -> Posterior`` under ``name`` (once)."""
+def register(name: str, posterior_cls: type[Posterior], doc: str = "",
+             choices: Mapping[str, type[Enum] | tuple[str, ...]] | None = None):
+    """Decorator registering ``fit(ctx, **options) -> Posterior`` under ``name`` (once).
+
+    ``choices`` maps string options to their allowed values (a string ``Enum`` or a tuple)."""
 
     def deco(fn):
         if name in _REGISTRY and _REGISTRY[name].fit is not fn:
             raise ValueError(f"a backend named {name!r} is already registered")
-        _REGISTRY[name] = Backend(name, fn, posterior_cls, doc or (fn.__doc__ or "").strip().split("\n")[0])
+        allowed = {k: tuple(m.value for m in v) if isinstance(v, type) and issubclass(v, Enum) else tuple(v)
+                   for k, v in (choices or {}).items()}
+        _REGISTRY[name] = Backend(name, fn, posterior_cls, doc or (fn.__doc__ or "").strip().split("\n")[0], allowed)
         return fn
 
     return deco

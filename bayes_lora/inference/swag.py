@@ -34,7 +34,7 @@ from ..lora.params import FunctionalModel
 from ..lora.spaces import FullSpace, ParameterSpace, ProjectedSpace
 from ..lora.train import TrainConfig, TrainResult, train_latent
 from ..types import FitInfo
-from .base import FitContext, Posterior, SpaceKind
+from .base import FitContext, Posterior, SpaceKind, space_from_state, space_state
 from .registry import register
 
 #: smallest diagonal variance kept (Maddox et al. clamp the same way)
@@ -216,39 +216,18 @@ class SwagPosterior(Posterior):
         return split_latent(self.space, self.sample_latents(n, seed=seed))
 
     def state(self):
-        tensors = {"mean": self.mean, "var": self.var, "deviations": self.deviations}
-        meta = {"covariance": self.covariance_kind.value, "scale": self.scale, **space_meta(self.space)}
+        space_tensors, space_meta = space_state(self.space)
+        tensors = {"mean": self.mean, "var": self.var, "deviations": self.deviations, **space_tensors}
+        meta = {"covariance": self.covariance_kind.value, "scale": self.scale, **space_meta}
         return tensors, meta
 
     @classmethod
     def from_state(cls, fm, tensors, meta, ctx=None):
-        space = space_from_meta(fm, meta, ctx)
+        space = space_from_state(fm, tensors, meta, ctx)
         return cls(
             fm, space, tensors["mean"], tensors["var"], tensors["deviations"],
             covariance=meta["covariance"], scale=meta["scale"],
         )
-
-
-# --- spaces: saved by kind, rebuilt from the model -------------------------------------------
-def space_meta(space: ParameterSpace) -> dict:
-    """JSON describing a projected or full space (rebuilt by :func:`space_from_meta`)."""
-    if isinstance(space, ProjectedSpace):
-        return {"space": SpaceKind.PROJECTED.value, "include_other": space.include_other}
-    if isinstance(space, FullSpace):
-        return {"space": SpaceKind.FULL.value}
-    raise TypeError(f"cannot describe a {type(space).__name__} for saving")
-
-
-def space_from_meta(fm: FunctionalModel, meta: dict, ctx: FitContext | None = None) -> ParameterSpace:
-    """The space described by :func:`space_meta`; the LoRA-XS SVD is recomputed from the frozen
-    base weights (deterministic) unless ``ctx`` already holds it."""
-    kind = SpaceKind(meta["space"])
-    if kind is SpaceKind.FULL:
-        return FullSpace(fm.layout)
-    include_other = meta.get("include_other", True)
-    if ctx is not None and ctx.fm is fm and include_other:
-        return ctx.projected_space()
-    return ProjectedSpace(fm.model, fm.layout, include_other=include_other)
 
 
 def split_latent(space: ParameterSpace, w: Tensor) -> dict[str, Tensor]:
@@ -266,7 +245,7 @@ def _steps_per_epoch(n: int, batch_size: int) -> int:
     return math.ceil(n / batch_size)
 
 
-@register("swag", SwagPosterior)
+@register("swag", SwagPosterior, choices={"space": SpaceKind, "covariance": Covariance})
 def fit_swag(
     ctx: FitContext,
     *,
@@ -286,12 +265,14 @@ def fit_swag(
     ----------
     snapshots: K, the number of iterates kept (columns of D; the rank of the low-rank part).
     collect_every: steps between snapshots; default a quarter epoch.
-    lr: the constant learning rate; default ``ctx.projected_lr`` (projected) or the fine-tuning
+    lr: the constant learning rate; default ``ctx.projected_lr`` (core spaces) or the fine-tuning
         lr (full) — the rate the MAP was found with.
     batch_size: default the context's fine-tuning batch size.
     covariance: "swag" (½ diag + low rank), "diag" or "low_rank" (:class:`Covariance`).
     scale: multiplies the covariance at sampling time.
-    space: "projected" (cores + head) or "full" (LoRA vector θ from the anchor).
+    space: "projected" (LoRA-XS cores + head, from the projected MAP), "adapter" (r×r cores +
+        head between the SVD factors of the first anchor's update, from that anchor) or "full"
+        (LoRA vector θ from the anchor).
     seed: batch order of the SWAG run (default ``ctx.seed``).
     """
     if snapshots < 2:
@@ -303,6 +284,10 @@ def fit_swag(
     if kind is SpaceKind.PROJECTED:
         sp: ParameterSpace = ctx.projected_space()
         init = ctx.projected_map()
+        lr = ctx.projected_lr if lr is None else lr
+    elif kind is SpaceKind.ADAPTER:
+        sp = ctx.adapter_space(0)
+        init = sp.initial()
         lr = ctx.projected_lr if lr is None else lr
     else:
         sp = FullSpace(ctx.fm.layout)

@@ -347,7 +347,7 @@ class VIPosterior(Posterior):
         return cls(fm, space, GaussianQ.from_tensors(tensors), kind=kind)
 
 
-@register("vi", VIPosterior)
+@register("vi", VIPosterior, choices={"kind": Kind, "guide": Guide})
 def fit_vi(
     ctx: FitContext,
     *,

@@ -10,10 +10,18 @@ over S·B rows: larger matrix products and one Python pass instead of S.
 
 Only models whose θ lives entirely in ``nn.Linear`` weights and biases can be folded
 (:func:`can_fold`); anything else falls back to the loop over samples.
+
+The same per-sample adapters give **per-example gradients** in one backward pass: give example i
+its own copy w_i of the latent (all equal to w), so that row block i of the batch sees only w_i;
+then ∂/∂w_i of Σ_j v_jᵀ f(x_j; w_j) is v_iᵀ J_i, example i's own vector–Jacobian product. One
+backward pass per cotangent column yields J_iᵀ v_i for every example of the batch at once
+(:func:`per_example_vjp`), where ``torch.func.jacrev`` loops over the output rows (the CPU
+attention backward has no vmap batching rule). The Laplace GGN and the GLM predictive use it.
 """
 from __future__ import annotations
 
 import types
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -110,4 +118,54 @@ def folded_class_logits(fm: FunctionalModel, task, batch: dict, thetas: Tensor) 
     return logits.reshape(s, b, *logits.shape[1:])
 
 
-__all__ = ["PerSampleLinears", "can_fold", "fold", "folded_class_logits"]
+def per_example_vjp(
+    fm: FunctionalModel,
+    space,
+    task,
+    batch: dict,
+    w: Tensor,
+    cotangents: Callable[[Tensor], Tensor],
+) -> tuple[Tensor, Tensor]:
+    """Per-example vector–Jacobian products of the class logits with respect to a latent.
+
+    Parameters
+    ----------
+    fm: the functional model (its θ must be foldable, :func:`can_fold`).
+    space: the parameter space, θ = space.to_theta(w) (differentiable, batched).
+    task: the task whose ``class_logits`` gives f [B, C] for ``batch``; its model input must hold
+        each example's rows contiguously (one row per example, or C rows per multiple-choice
+        question), as every task of bayes_lora does.
+    batch: one batch of ``task``.
+    w: the latent [d] at which to differentiate.
+    cotangents: ``f [B, C] -> v [B, C, K]`` (computed from the detached logits), K vectors per
+        example.
+
+    Returns
+    -------
+    (G, f): G [B, K, d] with G[i, k] = J_iᵀ v[i, :, k], J_i = ∂f(x_i; w)/∂w, and the logits f [B, C].
+    """
+    b = batch["labels"].shape[0]
+    with torch.enable_grad():
+        ws = w.detach().expand(b, w.shape[-1]).clone().requires_grad_(True)  # w_i, one per example
+        with PerSampleLinears(fm, space.to_theta(ws)):
+            f = task.class_logits(fm.model, batch)  # row block i depends on w_i only
+        if f.shape[0] != b:
+            raise ValueError(f"per-example gradients need logits [B={b}, C], got {tuple(f.shape)}")
+        v = cotangents(f.detach())
+        k = v.shape[-1]
+        rows = [torch.autograd.grad(f, ws, v[..., j], retain_graph=j + 1 < k)[0] for j in range(k)]
+    return torch.stack(rows, dim=1), f.detach()
+
+
+def per_example_jacobians(fm: FunctionalModel, space, task, batch: dict, w: Tensor) -> tuple[Tensor, Tensor]:
+    """Jacobians J [B, C, d] of every example's class logits with respect to the latent ``w``, and
+    the logits f [B, C]: :func:`per_example_vjp` with the C unit cotangents (C backward passes)."""
+
+    def units(f: Tensor) -> Tensor:
+        return torch.eye(f.shape[-1], dtype=f.dtype).expand(f.shape[0], -1, -1)
+
+    g, f = per_example_vjp(fm, space, task, batch, w, units)
+    return g, f
+
+
+__all__ = ["PerSampleLinears", "can_fold", "fold", "folded_class_logits", "per_example_jacobians", "per_example_vjp"]

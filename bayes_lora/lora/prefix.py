@@ -619,10 +619,14 @@ class CachedTask:
         return {**batch, "inputs": inputs}
 
     def batches(self, batch_size: int, shuffle: bool = False,
-                generator: torch.Generator | None = None) -> Iterator[dict]:
+                generator: torch.Generator | None = None, by_length: bool = False) -> Iterator[dict]:
         """The wrapped task's batches (same order, same shuffling) with ``inputs_embeds``."""
-        for batch in self.task.batches(batch_size, shuffle=shuffle, generator=generator):
+        for batch in self.task.batches(batch_size, shuffle=shuffle, generator=generator, by_length=by_length):
             yield self._attach(batch)
+
+    def example_lengths(self) -> Tensor:
+        """Tokens of every example [N] (the wrapped task's)."""
+        return self.task.example_lengths()
 
     def full_batch(self) -> dict:
         """One batch holding every example, in order."""

@@ -84,13 +84,16 @@ class ProjectedSpace(ParameterSpace):
     model: the peft LoRA model (its frozen base weights are decomposed once).
     layout: θ's layout (default: the model's trainable parameters).
     include_other: keep trainable tensors that are not LoRA factors (e.g. a classification
-        head) as free latent coordinates after the cores (True), or fix them at ``other_init``.
+        head) as free latent coordinates after the cores (True), or fix them at their values.
     adapter_name: the peft adapter whose scaling is used.
+    around: a fine-tuned θ̂ [D]. If given, the frozen factors come from the truncated SVD of each
+        module's own update B̂Â = U Σ Vᵀ (rank ≤ r) instead of the base weight, so that
+        ΔW = s·U Σ R Vᵀ and the core R = I reproduces θ̂'s update exactly: an r×r-core subspace
+        through a full-LoRA optimum (its MAP is θ̂'s, and ``initial()`` is θ̂'s latent: identity
+        cores and θ̂'s head). Without it: LoRA-XS, ΔW = U_r Σ_r R V_rᵀ of the base weight W.
 
     The latent is ``[vec(R_1), …, vec(R_M), head…]``; ``dim = M·r² (+ head numbers)``.
     """
-
-    kind = "projected"
 
     def __init__(
         self,
@@ -99,12 +102,19 @@ class ProjectedSpace(ParameterSpace):
         *,
         include_other: bool = True,
         adapter_name: str = "default",
+        around: Tensor | None = None,
     ):
         super().__init__()
         layout = layout or ParamLayout.from_model(model)
         self.layout = layout
         self.include_other = include_other
+        self.source = "weight" if around is None else "update"
         params = dict(model.named_parameters())
+        if around is not None:
+            if around.shape != (layout.dim,):
+                raise ValueError(f"ProjectedSpace(around=θ̂): θ̂ must have shape ({layout.dim},), got {tuple(around.shape)}")
+            values = layout.unflatten(around.detach().float())
+            params = {**params, **{n: values[n] for n in layout.names}}
         self.modules_ = _lora_modules(layout)
         if not self.modules_:
             raise ValueError("ProjectedSpace needs a model with LoRA factors (lora_A / lora_B)")
@@ -121,10 +131,20 @@ class ProjectedSpace(ParameterSpace):
             r = params[a_name].shape[0]
             if r > min(weight.shape):
                 raise ValueError(f"LoRA rank {r} exceeds the size of {path}'s weight {tuple(weight.shape)}")
-            u, s, vh = torch.linalg.svd(weight, full_matrices=False)
             scaling = float(layer.scaling[adapter_name]) if hasattr(layer, "scaling") else 1.0
+            if around is None:  # LoRA-XS: s·B·A = U_r Σ_r R V_rᵀ
+                u, s, vh = torch.linalg.svd(weight, full_matrices=False)
+                vt = vh[:r] / scaling
+            else:  # the update's own factors: s·B·A = s·U Σ R Vᵀ, = s·B̂Â at R = I
+                u, s, vh = _low_rank_svd(params[b_name].detach().float(), params[a_name].detach().float())
+                if not s[0] > 0:
+                    raise ValueError(
+                        f"ProjectedSpace(around=θ̂): the update B̂Â of {path} is zero (an untrained "
+                        "adapter has B = 0); pass a fine-tuned θ̂"
+                    )
+                vt = vh[:r]
             self.register_buffer(f"us_{i}", (u[:, :r] * s[:r]).contiguous())  # B = U_r Σ_r
-            self.register_buffer(f"vt_{i}", (vh[:r] / scaling).contiguous())  # A = R V_rᵀ / s
+            self.register_buffer(f"vt_{i}", vt.contiguous())  # A = R V_rᵀ (/ s for LoRA-XS)
             self.ranks.append(r)
             self.scalings.append(scaling)
             self._pieces[a_name] = self._a_piece(i, offset, r)
@@ -145,11 +165,22 @@ class ProjectedSpace(ParameterSpace):
                     self._pieces[n] = self._const_piece(buf)
         self.dim = offset
         self.register_buffer("init", torch.zeros(self.dim))
+        if around is not None:
+            with torch.no_grad():
+                lo = 0
+                for r in self.ranks:
+                    self.init[lo : lo + r * r] = torch.eye(r).reshape(-1)
+                    lo += r * r
         if include_other:
             with torch.no_grad():
                 for n in other:
                     lo, k = self._other_slice(n)
                     self.init[lo : lo + k] = params[n].detach().reshape(-1)
+
+    @property
+    def kind(self) -> str:
+        """"projected" (LoRA-XS: factors of the base weight) or "adapter" (factors of θ̂'s update)."""
+        return "projected" if self.source == "weight" else "adapter"
 
     def _other_slice(self, name: str) -> tuple[int, int]:
         lo = self.core_dim
@@ -203,9 +234,18 @@ class ProjectedSpace(ParameterSpace):
         return out
 
     def delta_weight(self, w: Tensor, m: int) -> Tensor:
-        """ΔW_m = U_r Σ_r R_m V_rᵀ of module m (without peft's scaling, which the A factor undoes)."""
+        """ΔW_m = s·B·A of module m: U_r Σ_r R_m V_rᵀ (LoRA-XS), s·U Σ R_m Vᵀ (``around``)."""
         vt = getattr(self, f"vt_{m}") * self.scalings[m]
         return getattr(self, f"us_{m}") @ self.cores(w)[m] @ vt
+
+
+def _low_rank_svd(b: Tensor, a: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """SVD U Σ Vᵀ of the product B A (B [m, r], A [r, n]) without forming it: QR of both factors,
+    then the SVD of the small r × r middle. Returns U [m, r], Σ [r], Vᵀ [r, n]."""
+    qb, rb = torch.linalg.qr(b)  # B = Q_B R_B
+    qa, ra = torch.linalg.qr(a.T)  # Aᵀ = Q_A R_A
+    u, s, vh = torch.linalg.svd(rb @ ra.T)
+    return qb @ u, s, vh @ qa.T
 
 
 def random_basis(dim: int, d: int, seed: int) -> Tensor:

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..types import EncodedTask
+from ..types import EncodedTask, over_batches
 from .checkpoint import Checkpointer, StepLoop, kept, resume, save_if_due
 from .params import FunctionalModel, ParamLayout, is_lora_factor
 from .spaces import ParameterSpace
@@ -173,8 +173,7 @@ def train_latent(
 @torch.no_grad()
 def evaluate_logits(fm: FunctionalModel, task: EncodedTask, theta: Tensor, batch_size: int = 64) -> Tensor:
     """Class logits [N, C] of every example of ``task`` at θ, in dataset order."""
-    out = [task.class_logits(fm.forward_at(theta), b) for b in task.batches(batch_size)]
-    return torch.cat(out)
+    return over_batches(task, batch_size, lambda b: task.class_logits(fm.forward_at(theta), b))
 
 
 def fine_tune(

@@ -5,7 +5,7 @@ import torch
 from torch import Tensor
 
 from ..lora.params import FunctionalModel
-from ..types import EncodedTask
+from ..types import EncodedTask, over_batches
 
 
 class TaskLogits:
@@ -37,4 +37,4 @@ class TaskLogits:
     def logits(self, theta: Tensor, index: Tensor | None = None) -> Tensor:
         task = self.task if index is None else self.task.subset(index)
         fwd = self.fm.forward_at(theta)
-        return torch.cat([task.class_logits(fwd, b) for b in task.batches(self.batch_size)])
+        return over_batches(task, self.batch_size, lambda b: task.class_logits(fwd, b))

@@ -137,3 +137,31 @@ def test_helpers():
     assert moved["tag"] == "x" and moved["inputs"]["input_ids"].device.type == "cpu"
     with pytest.raises(TypeError, match="cannot encode"):
         encode(["not", "a", "dataset"], tiny_tokenizer())
+
+
+def test_batches_by_length_pad_less_and_over_batches_restores_the_order():
+    """by_length visits every example once, sorted by length (each batch pads to its own longest);
+    over_batches puts the outputs back in task order; shuffle and by_length exclude each other."""
+    from bayes_lora.data import EncodedClassification, TextClassificationData
+    from bayes_lora.types import over_batches
+
+    texts, labels = sentiment_texts(40)
+    texts = [" ".join([t] * (1 + i % 3)) for i, t in enumerate(texts)]  # 5, 10 or 15 words
+    data = TextClassificationData("toy", tuple(texts), tuple(labels), 2)
+    task = EncodedClassification.from_data(data, tiny_tokenizer(), max_length=24)
+    lengths = task.example_lengths()
+    assert lengths.shape == (40,) and int(lengths.min()) >= 1 and len(set(lengths.tolist())) > 1
+    seen, padded_sorted, padded_order = [], 0, 0
+    for b in task.batches(6, by_length=True):
+        seen += b["index"].tolist()
+        assert b["inputs"]["attention_mask"].shape[1] == int(lengths[b["index"]].max())
+        padded_sorted += b["inputs"]["attention_mask"].numel()
+    assert sorted(seen) == list(range(40)) and lengths[seen].tolist() == sorted(lengths.tolist())
+    padded_order = sum(b["inputs"]["attention_mask"].numel() for b in task.batches(6))
+    assert padded_sorted < padded_order
+    ids = over_batches(task, 6, lambda b: b["index"].float()[:, None] * torch.ones(1, 3))
+    assert torch.equal(ids[:, 0], torch.arange(40).float()) and ids.shape == (40, 3)
+    stacked = over_batches(task, 6, lambda b: b["labels"][None].expand(2, -1), dim=1)
+    assert torch.equal(stacked, task.labels[None].expand(2, -1))
+    with pytest.raises(ValueError, match="exclude each other"):
+        next(task.batches(6, shuffle=True, by_length=True))

@@ -91,7 +91,7 @@ def test_bad_input_is_a_clear_error_with_exit_code_2(case, setup, tmp_path, caps
 
 
 def test_debug_shows_the_traceback(setup, tmp_path, capsys):
-    root, model_dir, data_dir, _ = setup
+    _root, model_dir, _data_dir, _ = setup
     path = tmp_path / "c.toml"
     path.write_text(dump_toml(tiny_run_config(model_dir, lora={"r": 0})))
     assert main(["run", str(path), "--out", str(tmp_path / "o"), "--debug"]) == 2

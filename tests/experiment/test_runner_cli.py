@@ -41,7 +41,7 @@ def finished(setup):
 def test_every_output_is_written_and_loadable(finished):
     import arviz as az
 
-    cfg, out = finished
+    _cfg, out = finished
     res = json.loads((out / "results.json").read_text())
     assert set(res) >= {"config_hash", "model", "task", "methods", "paths"}
     labels = ["map", "ensemble", "mc_dropout", "laplace", "swag", "vi", "curve_grid", "curve_svi"]
@@ -110,7 +110,7 @@ def test_compare_tabulates_runs(finished, capsys, tmp_path):
 
 
 def test_bad_input_exits_2_without_traceback(setup, tmp_path):
-    root, model_dir, data_dir = setup
+    _root, model_dir, _data_dir = setup
     cfg = _write(tmp_path / "c.toml", tiny_run_config(model_dir))
     r = subprocess.run([sys.executable, "-m", "bayes_lora", "run", str(cfg), "--out", str(tmp_path / "o"),
                         "--data-dir", str(tmp_path / "no-data")], capture_output=True, text=True, cwd=REPO,

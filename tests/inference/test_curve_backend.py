@@ -7,7 +7,13 @@ import torch
 from bayes_lora.inference import fit, load
 from bayes_lora.inference.curve import grid_posterior
 from bayes_lora.lora import FullSpace
-from bayes_lora.lora.curve_train import CurveConfig, linear_and_curve_paths, train_curve
+from bayes_lora.lora.curve_train import (
+    CurveConfig,
+    curve_objective,
+    linear_and_curve_paths,
+    train_curve,
+)
+from bayes_lora.lora.curves import BezierCurve
 from bayes_lora.models import CurveModel, CurvePosteriorSpec, TaskLogits
 
 
@@ -61,7 +67,7 @@ def test_js_weight_raises_mutual_information_along_the_curve(tiny_ctx):
     from bayes_lora.diagnostics import uncertainty_decomposition
     from bayes_lora.inference.base import predict_probs
 
-    ctx, test = tiny_ctx
+    ctx, _test = tiny_ctx
     fm, space = ctx.fm, FullSpace(fm_layout := ctx.fm.layout)
     mis, accs = [], []
     for lam in (0.0, 2.0):
@@ -76,6 +82,31 @@ def test_js_weight_raises_mutual_information_along_the_curve(tiny_ctx):
     assert accs[1] >= accs[0] - 0.05, accs
 
 
+def test_js_grad_first_has_the_same_expected_gradient_as_backpropagating_every_point(tiny_ctx):
+    """js_grad="first" backpropagates JS through the loss point only, weighted by M. JS is
+    symmetric, so averaging it over the two orders of (t_1, t_2) gives the full gradient exactly."""
+    ctx, _ = tiny_ctx
+    fm, space = ctx.fm, FullSpace(ctx.fm.layout)
+    curve = BezierCurve(ctx.anchors, degree=3, init_noise=0.05, seed=0)
+    batch = next(ctx.train.batches(8))
+
+    def js_grad(ts, how):
+        cfg = CurveConfig(js_weight=1.0, js_grad=how, js_batch=8, perturbation="none")
+        loss, js, objective = curve_objective(fm, space, ctx.train, curve, batch, torch.tensor(ts), cfg)
+        (g,) = torch.autograd.grad(loss - objective, [curve.bends])  # the JS part: λ·JS or λ·M·JS
+        return js.detach(), g
+
+    js_all, g_all = js_grad((0.2, 0.7), "all")
+    js_1, g_12 = js_grad((0.2, 0.7), "first")
+    js_2, g_21 = js_grad((0.7, 0.2), "first")
+    assert js_all > 1e-4  # the two points do disagree
+    torch.testing.assert_close(js_1, js_all)
+    torch.testing.assert_close(js_2, js_all, atol=1e-6, rtol=1e-4)
+    torch.testing.assert_close((g_12 + g_21) / 2, g_all, atol=1e-6, rtol=1e-3)
+    # but one order alone is not the full gradient (the check above is not vacuous)
+    assert (g_12 - g_all).norm() > 0.05 * g_all.norm()
+
+
 def test_grid_posterior_is_normalised_and_matches_direct_density(curve_ctx):
     ctx, _ = curve_ctx
     spec = CurvePosteriorSpec.from_dict(SPEC)
@@ -87,8 +118,8 @@ def test_grid_posterior_is_normalised_and_matches_direct_density(curve_ctx):
 
 
 @pytest.mark.parametrize("inference,kw", [
-    ("nuts", dict(num_samples=120, warmup=60, num_chains=2)),
-    ("svi", dict(svi_steps=250, num_samples=400, guide="normal")),
+    ("nuts", {"num_samples": 120, "warmup": 60, "num_chains": 2}),
+    ("svi", {"svi_steps": 250, "num_samples": 400, "guide": "normal"}),
 ])
 def test_samplers_match_grid_posterior_on_t(curve_ctx, inference, kw):
     ctx, _ = curve_ctx

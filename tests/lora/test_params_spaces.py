@@ -80,7 +80,7 @@ def test_projected_zero_core_is_base_model(tiny_peft):
 
 
 def test_projected_core_gives_svd_update(tiny_peft):
-    model, tok = tiny_peft
+    model, _tok = tiny_peft
     layout = ParamLayout.from_model(model)
     space = ProjectedSpace(model, layout)
     w = space.initial() + torch.randn(space.dim)
@@ -97,6 +97,45 @@ def test_projected_core_gives_svd_update(tiny_peft):
     # batched latents map row by row
     ws = torch.randn(3, space.dim)
     torch.testing.assert_close(space.to_theta(ws)[1], space.to_theta(ws[1]))
+
+
+def test_adapter_space_passes_through_the_fine_tuned_update(tiny_peft):
+    """ProjectedSpace(around=θ̂): the identity cores reproduce θ̂'s model exactly, a core R gives
+    s·UΣRVᵀ with UΣVᵀ the SVD of θ̂'s own B̂Â, and an untrained (B = 0) adapter is refused."""
+    model, tok = tiny_peft
+    layout = ParamLayout.from_model(model)
+    fm = FunctionalModel(model, layout)
+    g = torch.Generator().manual_seed(3)
+    theta = init_theta(layout, 0) + 0.3 * torch.randn(layout.dim, generator=g)  # B ≠ 0
+    space = ProjectedSpace(model, layout, around=theta)
+    assert space.kind == "adapter" and ProjectedSpace(model, layout).kind == "projected"
+    assert space.dim == 4 * 16 + 66
+    w = space.initial()
+    x = _inputs(tok)
+    torch.testing.assert_close(fm(space.to_theta(w), **x), fm(theta, **x), rtol=1e-5, atol=1e-5)
+
+    path, a_name, b_name = space.modules_[0]
+    values = layout.unflatten(theta)
+    scaling = float(model.get_submodule(path).scaling["default"])
+    update = scaling * values[b_name] @ values[a_name]
+    torch.testing.assert_close(space.delta_weight(w, 0), update, rtol=1e-4, atol=1e-6)
+    # the frozen factors are the SVD of B̂Â: UΣ with orthogonal columns of norms σ_j, Vᵀ orthonormal
+    sigma = torch.linalg.svdvals(values[b_name] @ values[a_name])[:4]
+    torch.testing.assert_close(space.us_0.norm(dim=0), sigma, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(space.vt_0 @ space.vt_0.T, torch.eye(4), rtol=0, atol=1e-5)
+    gram = space.us_0.T @ space.us_0
+    torch.testing.assert_close(gram, torch.diag(gram.diagonal()), rtol=0, atol=1e-5)
+    # another core: peft's own ΔW of the mapped θ is the space's s·UΣRVᵀ, and differs from θ̂'s
+    w2 = w + 0.5 * torch.randn(space.dim, generator=g)
+    layout.write_(model, space.to_theta(w2))
+    got = model.get_submodule(path).get_delta_weight("default")
+    torch.testing.assert_close(got, space.delta_weight(w2, 0), rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(got, update, atol=1e-3), "another core changes the update"
+
+    with pytest.raises(ValueError, match="is zero"):
+        ProjectedSpace(model, layout, around=init_theta(layout, 0))  # B = 0
+    with pytest.raises(ValueError, match="shape"):
+        ProjectedSpace(model, layout, around=theta[:-1])
 
 
 def test_affine_space_random_basis_is_seeded_and_orthonormal(tiny_peft):

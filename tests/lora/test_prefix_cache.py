@@ -178,6 +178,11 @@ def test_predict_probs_equal(setup):
     b = predict_probs(sfm, cached, thetas, batch_size=5)
     assert a.shape == b.shape == (4, len(task), task.num_classes)
     assert torch.allclose(a, b, atol=ATOL, rtol=0)
+    # predict_probs visits batches sorted by length; the result is in task order all the same
+    with torch.no_grad():
+        in_order = torch.stack([torch.cat([cached.class_logits(sfm.forward_at(th), bt).softmax(-1)
+                                           for bt in cached.batches(5)]) for th in thetas])
+    assert torch.allclose(b, in_order, atol=ATOL, rtol=0)
 
 
 def test_shuffled_batches(setup):

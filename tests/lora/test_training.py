@@ -15,7 +15,7 @@ def test_map_training_lowers_loss_and_anchors_differ(tmp_path):
     task = tiny_task(64)
     space = FullSpace(fm.layout)
     before = torch.nn.functional.cross_entropy(evaluate_logits(fm, task, init_theta(fm.layout, 0)), task.labels)
-    anchors, results = fine_tune_anchors(fm, space, task, [0, 1], TrainConfig(epochs=100, max_steps=100, lr=1e-2))
+    anchors, _results = fine_tune_anchors(fm, space, task, [0, 1], TrainConfig(epochs=100, max_steps=100, lr=1e-2))
     after = torch.nn.functional.cross_entropy(evaluate_logits(fm, task, anchors[0]), task.labels)
     assert after < 0.5 * before, (before, after)
     assert not torch.allclose(anchors[0], anchors[1])
