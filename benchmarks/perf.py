@@ -146,7 +146,7 @@ def main() -> int:
     c = cfg.curve
     space = FullSpace(runner.prep.fm.layout)
     cc = CurveConfig(degree=c.degree, js_weight=c.js_weight, js_batch=c.js_batch, js_grad=c.js_grad,
-                     perturbation=c.perturbation, sigma=c.sigma, epochs=100, max_steps=steps,
+                     t_sampling=c.t_sampling, perturbation=c.perturbation, sigma=c.sigma, epochs=100, max_steps=steps,
                      batch_size=c.batch_size)
     plain_t, curve_t = [], []
     for _ in range(1 if args.quick else 3):  # alternately, medians: the machine's speed drifts
@@ -155,7 +155,7 @@ def main() -> int:
         curve_t.append(train_curve(runner.prep.fm, space, runner.prep.train, anchors, cc).seconds)
     per_plain, per_curve = sorted(plain_t)[len(plain_t) // 2] / steps, sorted(curve_t)[len(curve_t) // 2] / steps
     rows.append(((f"(c) training step (batch {c.batch_size}, λ = {c.js_weight}, JS on {c.js_batch} examples, "
-                 f"js_grad = {c.js_grad!r})"),
+                 f"js_grad = {c.js_grad!r}, t per {c.t_sampling})"),
                  f"plain LoRA {1000 * per_plain:.0f} ms; curve {1000 * per_curve:.0f} ms",
                  f"**{per_curve / per_plain:.2f}**"))
     print(rows[-1])

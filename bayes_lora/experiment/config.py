@@ -187,6 +187,9 @@ class CurveSection:
     js_grad: str = _spec(default="first", choices=("first", "all"),
                          doc="'first': backpropagate the JS term through the loss point only (weighted by M, "
                              "the same expected gradient, cheaper); 'all': through every point")
+    t_sampling: str = _spec(default="step", choices=("step", "example"),
+                            doc="'step': one t per minibatch; 'example': every example of a minibatch its own t "
+                                "(per-example adapters)")
     perturbation: str = _spec(default="gaussian", choices=("none", "gaussian", "sam"))
     sigma: float = _spec(default=1e-3, ge=0)
     rho: float = _spec(default=0.05, ge=0)

@@ -239,7 +239,7 @@ class Runner:
         c, p = self.cfg.curve, self.prep
         cc = CurveConfig(degree=c.degree, anchored=c.anchored, epochs=c.epochs, batch_size=c.batch_size, lr=c.lr,
                          js_weight=c.js_weight, js_points=c.js_points, js_batch=c.js_batch, js_grad=c.js_grad,
-                         perturbation=c.perturbation, sigma=c.sigma, rho=c.rho, init_noise=c.init_noise,
+                         t_sampling=c.t_sampling, perturbation=c.perturbation, sigma=c.sigma, rho=c.rho, init_noise=c.init_noise,
                          seed=self.cfg.seed, max_steps=c.max_steps or None)
 
         def build(folder: Path):

@@ -36,7 +36,8 @@ How laplace-torch is used
 -------------------------
 laplace-torch fits H and tunes λ; its posterior precision is then stored here in a compact form
 (:class:`DenseFactor`, :class:`DiagFactor`, :class:`KronFactor`) from which sampling, the GLM
-predictive and save / load work without a live laplace-torch object.
+predictive and save / load work without a live laplace-torch object. The glue (batches, the
+networks handed over, our curvature backend) lives in :mod:`bayes_lora.inference.laplace_torch`.
 
 * Dense and diagonal structures: the network handed to laplace-torch is :class:`LatentNet`, whose
   only parameter is the latent w. Curvature comes from a laplace-torch curvature backend of our
@@ -63,7 +64,6 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections import UserDict
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from enum import Enum
@@ -72,11 +72,21 @@ from typing import Any, ClassVar, TypeVar
 import torch
 from torch import Tensor, nn
 
-from ..lora.batched import can_fold, per_example_jacobians, per_example_vjp
-from ..lora.params import FunctionalModel, ParamLayout
+from ..lora.batched import can_fold, per_example_jacobians
+from ..lora.params import FunctionalModel
 from ..lora.spaces import FullSpace, ParameterSpace
 from ..types import Batch, EncodedTask, FitInfo, Prediction, over_batches
 from .base import FitContext, Posterior, SpaceKind, space_from_state, space_state
+from .laplace_torch import (
+    _LABELS,
+    LatentNet,
+    ModelNet,
+    _check_kron_layers,
+    _trainable_at,
+    eigen_full_laplace,
+    per_example_ggn_backend,
+    task_loader,
+)
 from .registry import register
 
 __all__ = [
@@ -372,216 +382,6 @@ def _with_jitter(make: Callable[[float], T], mean_diag: float, what: str) -> tup
     )
 
 
-# --- the networks handed to laplace-torch -------------------------------------------------------
-
-#: key under which laplace-torch finds the labels (and, as ``dict_key_x``, the batch size) in a
-#: dict batch; inputs are the other keys, task extras (e.g. a choice mask) are prefixed
-_LABELS = "labels"
-_EXTRA = "extra."
-
-
-def to_laplace_batch(batch: Batch) -> UserDict:
-    """A task batch as the flat dict laplace-torch iterates: the model inputs, ``labels``, and
-    any other entries prefixed ``extra.`` (the example ``index`` is dropped)."""
-    out = UserDict(dict(batch["inputs"]))
-    out[_LABELS] = batch["labels"]
-    for key, value in batch.items():
-        if key not in ("inputs", "labels", "index"):
-            out[_EXTRA + key] = value
-    return out
-
-
-def from_laplace_batch(x: Mapping[str, Any]) -> Batch:
-    """Inverse of :func:`to_laplace_batch`."""
-    batch: dict[str, Any] = {"inputs": {}}
-    for key, value in x.items():
-        if key == _LABELS:
-            batch["labels"] = value
-        elif key.startswith(_EXTRA):
-            batch[key[len(_EXTRA):]] = value
-        else:
-            batch["inputs"][key] = value
-    return batch
-
-
-def task_loader(task: EncodedTask, batch_size: int, *, by_length: bool = False):
-    """A DataLoader of laplace-torch dict batches over ``task``, in order or sorted by length
-    (the curvature is a sum over examples: the order does not change it, and batches of similar
-    length pad less); dynamic padding kept: every batch is the task's own batch of its examples."""
-    from torch.utils.data import DataLoader
-
-    def collate(index: list[int]) -> UserDict:
-        sub = task.subset(torch.as_tensor(index, dtype=torch.long))
-        return to_laplace_batch(next(iter(sub.batches(len(index)))))
-
-    order = torch.sort(task.example_lengths(), stable=True).indices.tolist() if by_length else list(range(len(task)))
-    return DataLoader(order, batch_size=batch_size, shuffle=False, collate_fn=collate)
-
-
-class LatentNet(nn.Module):
-    """Class logits as a function of one flat parameter, the latent w of ``space``.
-
-    The peft model is reached through the functional model (not registered as a submodule), so
-    ``w`` is the only parameter laplace-torch sees; ``forward`` takes a dict batch made by
-    :func:`to_laplace_batch`.
-    """
-
-    def __init__(self, fm: FunctionalModel, space: ParameterSpace, task: EncodedTask, w: Tensor):
-        super().__init__()
-        self.space = space
-        self.w = nn.Parameter(w.detach().clone().float())
-        self._fm = fm
-        self._task = task
-
-    def forward(self, x: Mapping[str, Any]) -> Tensor:
-        theta = self.space.to_theta(self.w)
-        return self._task.class_logits(self._fm.forward_at(theta), from_laplace_batch(x))
-
-
-class ModelNet(nn.Module):
-    """Class logits of the peft model itself (for K-FAC, which needs its linear layers)."""
-
-    def __init__(self, model: nn.Module, task: EncodedTask):
-        super().__init__()
-        self.model = model
-        self._task = task
-
-    def forward(self, x: Mapping[str, Any]) -> Tensor:
-        return self._task.class_logits(self.model, from_laplace_batch(x))
-
-
-def _check_kron_layers(model: nn.Module, layout: ParamLayout) -> None:
-    """K-FAC blocks are per linear layer (weight, then bias): every θ tensor must be the weight
-    or bias of an ``nn.Linear`` whose trainable tensors are exactly its weight (and bias)."""
-    owners: dict[str, set[str]] = {}
-    for name in layout.names:
-        path, leaf = name.rsplit(".", 1)
-        owners.setdefault(path, set()).add(leaf)
-    for path, leaves in owners.items():
-        module = model.get_submodule(path)
-        if not isinstance(module, nn.Linear):
-            raise ValueError(  # noqa: TRY004 - an unsupported option, not a wrong argument type
-                f"laplace: hessian='kron' needs every LoRA / head tensor in an nn.Linear, but "
-                f"{path!r} is a {type(module).__name__}; use hessian='diag'"
-            )
-        want = {"weight"} | ({"bias"} if module.bias is not None else set())
-        if leaves != want:
-            raise ValueError(
-                f"laplace: hessian='kron' needs all of {sorted(want)} of {path!r} in θ, "
-                f"got {sorted(leaves)}; use hessian='diag'"
-            )
-
-
-@contextmanager
-def _trainable_at(fm: FunctionalModel, theta: Tensor) -> Iterator[None]:
-    """Temporarily write θ into the model and switch on the gradients of θ's tensors only;
-    restore the stored tensors and freeze them again afterwards."""
-    model, layout = fm.model, fm.layout
-    params = dict(model.named_parameters())
-    saved = layout.read(model)
-    layout.write_(model, theta)
-    try:
-        for name in layout.names:
-            params[name].requires_grad_(True)
-        trainable = tuple(n for n, p in model.named_parameters() if p.requires_grad)
-        if trainable != layout.names:
-            raise ValueError(
-                "laplace: hessian='kron' needs θ's layout to list the model's trainable tensors "
-                "in the model's own order (K-FAC blocks follow model.parameters())"
-            )
-        yield
-    finally:
-        for name in layout.names:
-            params[name].requires_grad_(False)
-        layout.write_(model, saved)
-
-
-# --- laplace-torch curvature through per-example adapters ---------------------------------------
-
-
-def ggn_square_root(f: Tensor) -> Tensor:
-    """U [B, C, C − 1] with U_i U_iᵀ = Λ_i = diag(p_i) − p_i p_iᵀ, p_i = softmax(f_i).
-
-    Λ_i is the Hessian of the categorical NLL with respect to the logits; its null space is the
-    all-ones vector, so C − 1 columns suffice. For C = 2 it is √(p₀p₁)·(1, −1)ᵀ.
-    """
-    p = f.double().softmax(-1)
-    if p.shape[-1] == 2:
-        root = (p[:, 0] * p[:, 1]).sqrt()
-        u = torch.stack([root, -root], dim=-1)[..., None]
-    else:
-        lam = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]
-        evals, evecs = torch.linalg.eigh(lam)  # ascending: the first is the null direction (0)
-        u = evecs[..., 1:] * evals[:, None, 1:].clamp_min(0).sqrt()
-    return u.to(f.dtype)
-
-
-_BACKENDS: dict[str, type] = {}
-
-
-def per_example_ggn_backend() -> type:
-    """A laplace-torch ``GGNInterface`` for :class:`LatentNet` whose curvature comes from
-    per-example vector–Jacobian products (see the module docstring); built on first use so that
-    laplace-torch is imported only when a Laplace is fitted."""
-    if "ggn" in _BACKENDS:
-        return _BACKENDS["ggn"]
-    from laplace.curvature import GGNInterface
-
-    class PerExampleGGN(GGNInterface):
-        """Exact GGN (``full``, ``diag``) and Jacobians of a :class:`LatentNet` through
-        per-example adapters: one forward and C − 1 (GGN) or C (Jacobians) backward passes."""
-
-        def _square_root_rows(self, x) -> tuple[Tensor, Tensor]:
-            net: LatentNet = self.model
-            g, f = per_example_vjp(net._fm, net.space, net._task, from_laplace_batch(x), net.w, ggn_square_root)
-            return g.reshape(-1, g.shape[-1]), f  # [B·(C−1), d]
-
-        def full(self, x, y, **kwargs):
-            rows, f = self._square_root_rows(x)
-            return self.factor * self.lossfunc(f, y), rows.T @ rows
-
-        def diag(self, x, y, **kwargs):
-            rows, f = self._square_root_rows(x)
-            return self.factor * self.lossfunc(f, y), rows.square().sum(0)
-
-        def jacobians(self, x, enable_backprop: bool = False):
-            net: LatentNet = self.model
-            return per_example_jacobians(net._fm, net.space, net._task, from_laplace_batch(x), net.w)
-
-    _BACKENDS["ggn"] = PerExampleGGN
-    return PerExampleGGN
-
-
-def _eigen_full_laplace() -> type:
-    """laplace-torch's ``FullLaplace`` whose evidence uses one eigendecomposition of H."""
-    if "full" in _BACKENDS:
-        return _BACKENDS["full"]
-    from laplace import FullLaplace
-
-    class EigenFullLaplace(FullLaplace):
-        """FullLaplace with log det(H/T + diag λ) = Σ_j log(h_j/T + λ) when λ is one scalar
-        (the eigenvalues h_j of H are computed once per fit); other priors use the base class."""
-
-        _key = ("all", "full-eigen")  # its own key: laplace-torch's factory must never pick it
-
-        def fit(self, train_loader, override: bool = True, progress_bar: bool = False) -> None:
-            self._H_eigvals = None
-            super().fit(train_loader, override=override, progress_bar=progress_bar)
-
-        @property
-        def log_det_posterior_precision(self) -> Tensor:
-            prior = self.prior_precision_diag
-            if not bool((prior == prior[0]).all()):
-                return super().log_det_posterior_precision
-            if getattr(self, "_H_eigvals", None) is None:
-                h = self.H.detach().double()
-                self._H_eigvals = torch.linalg.eigvalsh((h + h.T) / 2).clamp_min(0).to(self.H.dtype)
-            return torch.log(self._H_factor * self._H_eigvals + prior[0]).sum()
-
-    _BACKENDS["full"] = EigenFullLaplace
-    return EigenFullLaplace
-
-
 # --- the posterior --------------------------------------------------------------------------------
 
 
@@ -851,7 +651,7 @@ def fit_laplace(
     def run(net: nn.Module, backend):
         kwargs = {"subset_of_weights": "all", "hessian_structure": structure.value}
         if structure is HessianStructure.FULL:
-            make, kwargs = _eigen_full_laplace(), {}
+            make, kwargs = eigen_full_laplace(), {}
         else:
             make = Laplace
         la = make(

@@ -11,8 +11,17 @@ computed on the first ``js_batch`` examples only. With ``js_grad="first"`` (the 
 M − 1 points are evaluated without autograd and the term is weighted by M: JS is symmetric and the
 t_m are exchangeable, so E[M · ∇_φ JS(p_1, sg(p_2), …)] = E[∇_φ JS(p_1, …, p_M)] (up to the loss
 point's small perturbation) — the same expected gradient for one forward pass without a backward
-per extra point, so a curve step costs little more than a plain LoRA step. Path analysis evaluates
-loss and accuracy on a grid of t along any path.
+per extra point, so a curve step costs little more than a plain LoRA step.
+
+With ``t_sampling="example"`` every example of the minibatch gets its own t (and its own
+perturbation), evaluated in one forward pass through per-example adapters
+(:class:`~bayes_lora.lora.batched.PerSampleLinears`): the same expected objective with a
+lower-variance estimate of the loss gradient than one t per step (``"step"``, the default). On
+the default model's dev split it lowered the NLL along one-segment curves (mean over the interior
+points 0.376 / 0.375 / 0.374 vs 0.385 / 0.383 / 0.376 for the three anchor pairs) but not on the
+default three-anchor curve, whose uniform average had dev NLL 0.367 and MI 0.010 against 0.362
+and 0.016 with one t per step — hence not the default. Path analysis evaluates loss and accuracy
+on a grid of t along any path.
 """
 from __future__ import annotations
 
@@ -25,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..types import EncodedTask
+from .batched import PerSampleLinears, can_fold
 from .checkpoint import Checkpointer, StepLoop, kept, resume, save_if_due
 from .curves import BezierCurve, linear_path
 from .params import FunctionalModel
@@ -33,6 +43,7 @@ from .train import NumericalError
 
 PERTURBATIONS = ("none", "gaussian", "sam")
 JS_GRADS = ("first", "all")
+T_SAMPLINGS = ("example", "step")
 
 
 @dataclass(frozen=True)
@@ -51,6 +62,8 @@ class CurveConfig:
     js_batch: examples of each batch used for the JS term.
     js_grad: "first" (gradient through the loss point only, the term weighted by M: the same
         expected gradient at less cost) or "all" (backpropagate through every point).
+    t_sampling: "step" (one t per minibatch) or "example" (a t and a perturbation per example,
+        through per-example adapters; the model's θ must be made of linear layers).
     perturbation: "none", "gaussian" (θ + σ·ε) or "sam" (θ + ρ·g/‖g‖).
     sigma: scale of the Gaussian perturbation.
     rho: size of the SAM step.
@@ -68,6 +81,7 @@ class CurveConfig:
     js_points: int = 2
     js_batch: int = 4
     js_grad: str = "first"
+    t_sampling: str = "step"
     perturbation: str = "gaussian"
     sigma: float = 1e-3
     rho: float = 0.05
@@ -85,6 +99,8 @@ class CurveConfig:
             raise ValueError(f"js_weight (λ) must be ≥ 0, got {self.js_weight}")
         if self.js_grad not in JS_GRADS:
             raise ValueError(f"js_grad must be one of {JS_GRADS}, got {self.js_grad!r}")
+        if self.t_sampling not in T_SAMPLINGS:
+            raise ValueError(f"t_sampling must be one of {T_SAMPLINGS}, got {self.t_sampling!r}")
         if self.perturbation not in PERTURBATIONS:
             raise ValueError(f"perturbation must be one of {PERTURBATIONS}, got {self.perturbation!r}")
         if self.epochs <= 0 or not self.lr > 0:
@@ -141,6 +157,9 @@ def train_curve(
     params = [p for p in curve.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the curve has nothing to train (degree 1 and anchored): use degree ≥ 2")
+    if config.t_sampling == "example" and not can_fold(fm):
+        raise ValueError("curve t_sampling='example' needs per-example adapters, and this model's θ is not made "
+                         "of nn.Linear weights only; use t_sampling='step'")
     opt = torch.optim.Adam(params, lr=config.lr)
     g = torch.Generator().manual_seed(int(config.seed))
     total = math.ceil(config.epochs * math.ceil(len(task) / config.batch_size))
@@ -154,7 +173,11 @@ def train_curve(
     bar = tqdm(total=total, initial=loop.step, desc="curve", disable=not progress, leave=False)
     for batch in loop:
         step = loop.step
-        ts = torch.rand(config.js_points if config.js_weight > 0 else 1, generator=g)
+        points = config.js_points if config.js_weight > 0 else 1
+        if config.t_sampling == "example":
+            ts = torch.rand(points, batch["labels"].shape[0], generator=g)
+        else:
+            ts = torch.rand(points, generator=g)
         loss, js, objective = curve_objective(fm, space, task, curve, batch, ts, config, g)
         if not torch.isfinite(objective):
             bar.close()
@@ -191,12 +214,15 @@ def curve_objective(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """One step's (loss, JS, objective) at curve positions ``ts`` (the loss point is ``ts[0]``).
 
-    The objective is ``loss − λ·JS`` with ``js_grad="all"`` and ``loss − λ·M·JS(p_1, sg(p_2), …)``
-    with ``js_grad="first"`` (the other points without autograd): the same expected gradient.
+    ``ts`` is [M] (one t per point for the whole batch) or [M, B] (every example its own t per
+    point, evaluated through per-example adapters). The objective is ``loss − λ·JS`` with
+    ``js_grad="all"`` and ``loss − λ·M·JS(p_1, sg(p_2), …)`` with ``js_grad="first"`` (the other
+    points without autograd): the same expected gradient.
     """
-    theta = space.to_theta(curve(ts[0]))
+    per_example = ts.dim() == 2
+    theta = space.to_theta(curve(ts[0]))  # [D], or [B, D] per example
     theta_p = _perturb(fm, task, theta, batch, config, g)
-    logits = task.class_logits(fm.forward_at(theta_p), batch)
+    logits = _logits_at(fm, task, theta_p, batch, per_example)
     loss = F.cross_entropy(logits, batch["labels"])
     if config.js_weight == 0 or len(ts) < 2:
         return loss, torch.zeros(()), loss
@@ -206,20 +232,31 @@ def curve_objective(
     first = config.js_grad == "first"
     with torch.set_grad_enabled(not first):
         for t_m in ts[1:]:
-            probs.append(task.class_logits(fm.forward_at(space.to_theta(curve(t_m))), sub).softmax(-1))
+            th_m = space.to_theta(curve(t_m[:k] if per_example else t_m))
+            probs.append(_logits_at(fm, task, th_m, sub, per_example).softmax(-1))
     js = js_divergence(torch.stack(probs))
     weight = config.js_weight * (len(ts) if first else 1)
     return loss, js, loss - weight * js
 
 
+def _logits_at(fm: FunctionalModel, task: EncodedTask, theta: Tensor, batch: dict, per_example: bool) -> Tensor:
+    """Class logits of ``batch`` at θ [D], or with example i at θ[i] ([B, D], per-example adapters)."""
+    if not per_example:
+        return task.class_logits(fm.forward_at(theta), batch)
+    with PerSampleLinears(fm, theta):
+        return task.class_logits(fm.model, batch)
+
+
 def _perturb(fm, task, theta: Tensor, batch, config: CurveConfig, g: torch.Generator) -> Tensor:
+    """θ + ε: Gaussian noise, or a SAM step along the normalised gradient of the batch loss (of
+    each example's own loss, row by row, when θ is [B, D] per example)."""
     if config.perturbation == "gaussian" and config.sigma > 0:
         return theta + config.sigma * torch.randn(theta.shape, generator=g)
     if config.perturbation == "sam" and config.rho > 0:
         th = theta.detach().requires_grad_(True)
-        inner = F.cross_entropy(task.class_logits(fm.forward_at(th), batch), batch["labels"])
+        inner = F.cross_entropy(_logits_at(fm, task, th, batch, theta.dim() == 2), batch["labels"])
         (grad,) = torch.autograd.grad(inner, th)
-        return theta + config.rho * grad / grad.norm().clamp_min(1e-12)
+        return theta + config.rho * grad / grad.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     return theta
 
 

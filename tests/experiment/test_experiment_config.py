@@ -32,6 +32,7 @@ BAD = [
     ("dropout range", _with(lora={"dropout": 1.5}), ["lora.dropout", "< 1"]),
     ("bad choice", _with(curve={"perturbation": "adversarial"}), ["curve.perturbation", "gaussian"]),
     ("bad js_grad", _with(curve={"js_grad": "some"}), ["curve.js_grad", "first"]),
+    ("bad t_sampling", _with(curve={"t_sampling": "epoch"}), ["curve.t_sampling", "step"]),
     ("unknown task", _with(data={"task": "imdb"}), ["data.task", "sst2"]),
     ("empty target modules", _with(lora={"target_modules": []}), ["lora.target_modules", "empty"]),
     ("unknown method", _with(methods={"bogus": {}}), ["methods.bogus", "unknown inference method", "laplace"]),

@@ -107,6 +107,60 @@ def test_js_grad_first_has_the_same_expected_gradient_as_backpropagating_every_p
     assert (g_12 - g_all).norm() > 0.05 * g_all.norm()
 
 
+def test_per_example_t_equals_per_step_t_when_every_example_has_the_same_t(tiny_ctx):
+    """t_sampling="example": [M, B] positions through per-example adapters. With every example at
+    the same t it is the per-step objective (loss, JS and their gradients); with different t each
+    example's loss is its own point's (checked against one forward pass per example)."""
+    import torch.nn.functional as F
+
+    ctx, _ = tiny_ctx
+    fm, space = ctx.fm, FullSpace(ctx.fm.layout)
+    curve = BezierCurve(ctx.anchors, degree=3, init_noise=0.05, seed=0)
+    batch = next(ctx.train.batches(6))
+    cfg = CurveConfig(js_weight=1.0, js_batch=4, perturbation="none")
+    step = curve_objective(fm, space, ctx.train, curve, batch, torch.tensor([0.3, 0.8]), cfg)
+    per_ex = curve_objective(fm, space, ctx.train, curve, batch, torch.tensor([[0.3] * 6, [0.8] * 6]), cfg)
+    for a, b in zip(step, per_ex):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    g_step = torch.autograd.grad(step[2], [curve.bends])[0]
+    g_ex = torch.autograd.grad(per_ex[2], [curve.bends])[0]
+    torch.testing.assert_close(g_ex, g_step, atol=1e-6, rtol=1e-4)
+
+    ts = torch.linspace(0.05, 0.95, 6)
+    loss, _, _ = curve_objective(fm, space, ctx.train, curve, batch, ts[None], cfg)
+    with torch.no_grad():
+        thetas = curve(ts)
+        one = [F.cross_entropy(ctx.train.class_logits(fm.forward_at(thetas[i]), ctx.train.subset(batch["index"][i:i + 1])
+                                                      .full_batch()), batch["labels"][i:i + 1]) for i in range(6)]
+    torch.testing.assert_close(loss.detach(), torch.stack(one).mean(), atol=1e-5, rtol=1e-5)
+
+
+def test_per_example_t_needs_a_foldable_model():
+    """A θ outside nn.Linear layers cannot get per-example adapters: a clear error, and "step" works."""
+    from torch import nn
+
+    from bayes_lora.data import EncodedClassification
+    from bayes_lora.lora import FunctionalModel
+
+    class Scaled(nn.Module):  # logits = w · x: θ is a bare parameter, not a linear layer's weight
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.ones(2))
+
+        def forward(self, input_ids, attention_mask=None):
+            return input_ids[:, :2].float() * self.w
+
+    fm = FunctionalModel(Scaled())
+    task = EncodedClassification(torch.randint(0, 3, (8, 2)), torch.ones(8, 2, dtype=torch.long),
+                                 torch.randint(0, 2, (8,)), name="toy", num_classes=2)
+    anchors = torch.stack([torch.ones(2), -torch.ones(2)])
+    with pytest.raises(ValueError, match="t_sampling='step'"):
+        train_curve(fm, FullSpace(fm.layout), task, anchors, CurveConfig(max_steps=2, js_weight=0.0, t_sampling="example"))
+    res = train_curve(fm, FullSpace(fm.layout), task, anchors,
+                      CurveConfig(max_steps=2, js_weight=0.0, t_sampling="step"))
+    assert len(res.losses) == 2
+
+
 def test_grid_posterior_is_normalised_and_matches_direct_density(curve_ctx):
     ctx, _ = curve_ctx
     spec = CurvePosteriorSpec.from_dict(SPEC)

@@ -293,11 +293,13 @@ def test_per_example_ggn_backend_equals_laplace_torchs_own_jacobians(tiny):
     ctx, _ = tiny
     space, w = ctx.projected_space(), ctx.projected_map()
     train = ctx.train.subset(torch.arange(24))
-    loader = lap.task_loader(train, 8)
+    from bayes_lora.inference import laplace_torch as lt
+
+    loader = lt.task_loader(train, 8)
     keys = {"dict_key_x": "labels", "dict_key_y": "labels"}
-    ours = lap._eigen_full_laplace()(lap.LatentNet(ctx.fm, space, train, w), "classification",
-                                     backend=lap.per_example_ggn_backend(), **keys)
-    ref = FullLaplace(lap.LatentNet(ctx.fm, space, train, w), "classification", backend=GGNInterface, **keys)
+    ours = lt.eigen_full_laplace()(lt.LatentNet(ctx.fm, space, train, w), "classification",
+                                   backend=lt.per_example_ggn_backend(), **keys)
+    ref = FullLaplace(lt.LatentNet(ctx.fm, space, train, w), "classification", backend=GGNInterface, **keys)
     ours.fit(loader)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*have not yet implemented the batching rule.*")

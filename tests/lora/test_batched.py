@@ -157,7 +157,7 @@ def test_per_example_jacobians_equal_jacrev_on_a_multiple_choice_causal_lm():
 def test_per_example_vjp_squares_to_the_ggn():
     """Σ_i Σ_k (J_iᵀ u_ik)(J_iᵀ u_ik)ᵀ with U_i U_iᵀ = diag p_i − p_i p_iᵀ (C − 1 columns) is the
     GGN Σ_i J_iᵀ Λ_i J_i, for two and for three classes."""
-    from bayes_lora.inference.laplace import ggn_square_root
+    from bayes_lora.inference.laplace_torch import ggn_square_root
     from bayes_lora.lora import FullSpace
     from bayes_lora.lora.batched import per_example_jacobians, per_example_vjp
 
