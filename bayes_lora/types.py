@@ -54,6 +54,12 @@ class EncodedTask(Protocol):
         """The examples at ``index`` (a LongTensor), as a task of the same kind."""
 
 
+def length_order(task: EncodedTask) -> Tensor:
+    """The task's example positions sorted by length (stable): the visiting order of
+    ``batches(by_length=True)``, so that consecutive examples pad to about the same length."""
+    return torch.sort(task.example_lengths(), stable=True).indices
+
+
 def over_batches(task: EncodedTask, batch_size: int, fn: Callable[[Batch], Tensor], *, dim: int = 0) -> Tensor:
     """``fn`` over every batch of ``task``, the outputs concatenated along ``dim`` in task order.
 

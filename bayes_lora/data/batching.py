@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from bayes_lora.types import Batch
+from bayes_lora.types import Batch, length_order
 
 __all__ = [
     "EncodedTaskBase",
@@ -126,7 +126,7 @@ class EncodedTaskBase:
             raise ValueError("batches: shuffle and by_length exclude each other")
         n = len(self)
         if by_length:
-            order = torch.sort(self.example_lengths(), stable=True).indices
+            order = length_order(self)
         else:
             order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
         for start in range(0, n, batch_size):

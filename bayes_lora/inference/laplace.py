@@ -427,6 +427,7 @@ class LaplacePosterior(Posterior):
         self.predictive = _choice(Predictive, predictive, "predictive")
         self.link = _choice(Link, link, "link")
         self.jacobian_batch_size = int(jacobian_batch_size)
+        self._per_example = can_fold(fm)  # per-example adapters for the GLM Jacobians, else jacrev
         # the probit predictive is deterministic: one sample says everything
         deterministic = self.predictive is Predictive.GLM and self.link is Link.PROBIT
         self.default_num_samples = 1 if deterministic else 16
@@ -455,7 +456,7 @@ class LaplacePosterior(Posterior):
     def glm_moments(self, task: EncodedTask, batch: Batch) -> tuple[Tensor, Tensor]:
         """Logits f̂ [B, C] at ŵ and their linearised covariance J Σ Jᵀ [B, C, C] on a batch."""
 
-        if can_fold(self.fm):  # per-example adapters: C backward passes for the whole batch
+        if self._per_example:  # per-example adapters: C backward passes for the whole batch
             jac, f = per_example_jacobians(self.fm, self.space, task, batch, self.mean)
             return f, self.factor.square_form(jac)
 
@@ -484,7 +485,7 @@ class LaplacePosterior(Posterior):
         if self.link is Link.MC:
             g = torch.Generator().manual_seed(int(seed))
             noise = torch.randn(s, len(task), task.num_classes, generator=g)
-        jb = batch_size if can_fold(self.fm) else max(1, min(batch_size, self.jacobian_batch_size))
+        jb = batch_size if self._per_example else max(1, min(batch_size, self.jacobian_batch_size))
 
         def probs(batch) -> Tensor:  # [S, B, C]
             f, cov = self.glm_moments(task, batch)
@@ -643,7 +644,8 @@ def fit_laplace(
 
     train = _subset(ctx.train, subset, ctx.seed)
     n, n_total = len(train), len(ctx.train)
-    bs = batch_size or (32 if structure is HessianStructure.KRON or can_fold(fm) else jacobian_batch_size)
+    per_example = can_fold(fm)  # our per-example GGN backend, else laplace-torch's jacrev one
+    bs = batch_size or (32 if structure is HessianStructure.KRON or per_example else jacobian_batch_size)
     if bs < 1:
         raise ValueError(f"laplace: batch_size must be ≥ 1, got {bs}")
     loader = task_loader(train, bs, by_length=True)
@@ -688,7 +690,7 @@ def fit_laplace(
         with _trainable_at(fm, mean):
             out = run(ModelNet(fm.model, train), CurvlinopsGGN)
     else:
-        out = run(LatentNet(fm, param_space, train, mean), per_example_ggn_backend() if can_fold(fm) else GGNInterface)
+        out = run(LatentNet(fm, param_space, train, mean), per_example_ggn_backend() if per_example else GGNInterface)
     factor, jitter, lml, prior_prec, fit_s, prior_s = out
 
     options = {

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from ..lora.batched import per_example_jacobians, per_example_vjp
 from ..lora.params import FunctionalModel, ParamLayout
 from ..lora.spaces import ParameterSpace
-from ..types import Batch, EncodedTask
+from ..types import Batch, EncodedTask, length_order
 
 __all__ = [
     "LatentNet",
@@ -83,7 +83,7 @@ def task_loader(task: EncodedTask, batch_size: int, *, by_length: bool = False):
         sub = task.subset(torch.as_tensor(index, dtype=torch.long))
         return to_laplace_batch(next(iter(sub.batches(len(index)))))
 
-    order = torch.sort(task.example_lengths(), stable=True).indices.tolist() if by_length else list(range(len(task)))
+    order = length_order(task).tolist() if by_length else list(range(len(task)))
     return DataLoader(order, batch_size=batch_size, shuffle=False, collate_fn=collate)
 
 

@@ -164,8 +164,7 @@ def per_example_jacobians(fm: FunctionalModel, space, task, batch: dict, w: Tens
     def units(f: Tensor) -> Tensor:
         return torch.eye(f.shape[-1], dtype=f.dtype).expand(f.shape[0], -1, -1)
 
-    g, f = per_example_vjp(fm, space, task, batch, w, units)
-    return g, f
+    return per_example_vjp(fm, space, task, batch, w, units)
 
 
 __all__ = ["PerSampleLinears", "can_fold", "fold", "folded_class_logits", "per_example_jacobians", "per_example_vjp"]
