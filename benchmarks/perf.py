@@ -3,8 +3,10 @@
 (a) S = 16 predictive: bayes_lora (frozen-prefix cache + functional model) ÷ the hand loop over
     peft (write sample s into the model, run the data, repeat)              target ≤ 0.5
 (b) subspace Laplace fit ÷ laplace-torch K-FAC Laplace on the full LoRA tensors of the same model,
-    with both NLL / ECE: the r×r cores of the MAP's own update (through the same MAP) and the
-    LoRA-XS cores (around their own MAP), both with a dense Hessian        target ≤ 0.5
+    with both NLL / ECE: the exact GGN of the same examples in its own rank-n data subspace plus
+    the isotropic prior (``hessian="lowrank"``, same MAP, same tensors), and two dense Laplaces in
+    parameter subspaces: the r×r cores of the MAP's own update (same MAP) and the LoRA-XS cores
+    (around their own MAP)                                                  target ≤ 0.5
 (c) one curve-training step ÷ one plain LoRA step                           target ≤ 1.3
 (d) NUTS effective samples of t per second: NumPyro on cached logits vs Pyro on the model
 (e) the default demo's wall time and peak memory (from runs/default/results.json)
@@ -114,6 +116,7 @@ def main() -> int:
     if not had_map:
         _, map_s = _timed(ctx.projected_map)
     fits = {"kfac": {"space": "full", "hessian": "kron"},
+            "lowrank": {"space": "full", "hessian": "lowrank"},
             "adapter": {"space": "adapter", "hessian": "full"},
             "lora_xs": {"space": "projected", "hessian": "full"}}
     for kw in fits.values():
@@ -131,13 +134,16 @@ def main() -> int:
     def desc(k: str, what: str) -> str:
         return f"{what} (d = {dims[k]:,}) {med[k]:.2f} s, NLL {m[k]['nll']:.4f}, ECE {m[k]['ece']:.2f}"
 
-    verdict = {k: "≤" if m[k]["nll"] <= m["kfac"]["nll"] else ">" for k in ("adapter", "lora_xs")}
+    verdict = {k: "≤" if m[k]["nll"] <= m["kfac"]["nll"] else ">" for k in ("lowrank", "adapter", "lora_xs")}
     rows.append((f"(b) Laplace fit ({sub} examples in the Hessian; median of {len(times['kfac'])})",
                  desc("kfac", "K-FAC on the full LoRA tensors") + "; "
+                 + desc("lowrank", f"exact GGN in its rank-{posts['lowrank'].factor.vectors.shape[1]} data subspace "
+                        "+ isotropic prior, same tensors") + "; "
                  + desc("adapter", "r×r cores of the MAP's own update, full Hessian") + "; "
                  + desc("lora_xs", "LoRA-XS cores, full Hessian")
                  + (f" (+ LoRA-XS MAP {map_s:.0f} s)" if map_s else " (LoRA-XS MAP from the run)"),
-                 (f"**{med['adapter'] / med['kfac']:.2f}** adapter cores (NLL {verdict['adapter']} K-FAC's); "
+                 (f"**{med['lowrank'] / med['kfac']:.2f}** low-rank exact GGN (NLL {verdict['lowrank']} K-FAC's); "
+                  f"{med['adapter'] / med['kfac']:.2f} adapter cores (NLL {verdict['adapter']}); "
                  f"{med['lora_xs'] / med['kfac']:.2f} LoRA-XS (NLL {verdict['lora_xs']})")))
     print(rows[-1])
 

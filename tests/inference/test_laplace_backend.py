@@ -160,6 +160,31 @@ def test_glm_predictive_matches_the_closed_form():
     assert torch.allclose(diff.var(0), want_var, rtol=0.12)
 
 
+@pytest.mark.parametrize("n", [40, 3])
+def test_lowrank_is_the_exact_hessian_in_its_eigenbasis(n):
+    """hessian="lowrank": the GGN's n(C − 1) rows give H = U diag(l) Uᵀ exactly (rank 4 for 40
+    examples of a 2-class head on 3 features — the softmax's redundant logit —, 3 for 3 examples),
+    so its covariance, evidence, evidence-tuned prior and GLM predictive are the dense Laplace's."""
+    x, _, ctx, theta = logreg_problem(n=n)
+    hess = hand_hessian(x.double(), theta, True)
+    post = fit("laplace", ctx, space="full", hessian="lowrank", prior=0.5)
+    assert isinstance(post.factor, lap.LowRankFactor) and post.factor.vectors.shape == (8, min(n, 4))
+    cov = torch.linalg.inv(hess + 0.5 * torch.eye(8, dtype=torch.float64))
+    root = post.factor.scale(torch.eye(8, dtype=torch.float64))
+    assert rel_err(root.T @ root, cov) < 1e-5
+    jac = hand_jacobians(x.double(), True)
+    assert rel_err(post.factor.square_form(jac), jac @ cov @ jac.transpose(1, 2)) < 1e-5
+    dense = fit("laplace", ctx, space="full", hessian="full", prior=0.5)
+    assert post.info.stats["log_marginal_likelihood"] == pytest.approx(
+        dense.info.stats["log_marginal_likelihood"], abs=1e-4)
+    tuned, tuned_dense = (fit("laplace", ctx, space="full", hessian=h) for h in ("lowrank", "full"))
+    assert tuned.info.stats["prior_precision"] == pytest.approx(tuned_dense.info.stats["prior_precision"], rel=1e-4)
+    torch.testing.assert_close(tuned.predict(ctx.train).probs, tuned_dense.predict(ctx.train).probs, atol=1e-6,
+                               rtol=1e-6)
+    with pytest.raises(ValueError, match="lowrank.*prior precision > 0"):
+        fit("laplace", ctx, space="full", hessian="lowrank", prior=0.0)
+
+
 def test_jitter_rescues_a_singular_precision_and_gives_up_on_an_indefinite_one():
     with pytest.warns(RuntimeWarning, match="jitter") as record:
         factor, eps = lap.DenseFactor.from_precision(torch.diag(torch.tensor([1.0, 0.0])))
@@ -332,3 +357,34 @@ def test_adapter_space_laplace_sits_at_the_anchor_and_round_trips(tiny, tmp_path
     assert back.space.kind == "adapter"
     assert torch.equal(back.predict(test).probs, pred.probs)
     assert torch.equal(back.sample_thetas(2, seed=3), post.sample_thetas(2, seed=3))
+
+
+def test_lowrank_on_the_tiny_bert_equals_the_dense_exact_ggn_and_round_trips(tiny, tmp_path, monkeypatch):
+    """Over the full LoRA space of a real peft model: the low-rank Laplace of 24 examples (rank
+    ≤ 24 in d = several thousand) has the dense exact-GGN Laplace's evidence, prior and GLM
+    predictive, without a d × d matrix; it saves and loads; too many GGN rows are refused."""
+    ctx, test = tiny
+    train = ctx.train.subset(torch.arange(24))
+    small = FitContext(fm=ctx.fm, train=train, anchors=ctx.anchors)
+    low = fit("laplace", small, space="full", hessian="lowrank", batch_size=8)
+    dense = fit("laplace", small, space="full", hessian="full", batch_size=8)
+    assert low.factor.vectors.shape == (ctx.fm.layout.dim, 24)
+    assert low.info.stats["prior_precision"] == pytest.approx(dense.info.stats["prior_precision"], rel=1e-3)
+    assert low.info.stats["log_marginal_likelihood"] == pytest.approx(
+        dense.info.stats["log_marginal_likelihood"], rel=1e-4)
+    pred = low.predict(test)
+    torch.testing.assert_close(pred.probs, dense.predict(test).probs, atol=1e-5, rtol=1e-5)
+    anchor_probs = fit("map", small).predict(test).probs
+    assert not torch.allclose(pred.probs, anchor_probs, atol=1e-3)  # the covariance does something
+    draws = low.sample_thetas(400, seed=0) - low.mean  # Cov of draws = Σ along a data direction
+    u = low.factor.vectors[:, 0]
+    want = 1 / (low.factor.eigvals[0] + low.factor.prior)
+    assert float((draws @ u).var()) == pytest.approx(float(want), rel=0.2)
+    low.save(tmp_path)
+    back = load(tmp_path, ctx.fm)
+    assert isinstance(back.factor, lap.LowRankFactor)
+    assert torch.equal(back.predict(test).probs, pred.probs)
+    assert torch.equal(back.sample_thetas(2, seed=3), low.sample_thetas(2, seed=3))
+    monkeypatch.setattr(lap, "MAX_LOWRANK_ROWS", 16)
+    with pytest.raises(ValueError, match=r"all 24 GGN rows .*subset ≤ 16"):
+        fit("laplace", small, space="full", hessian="lowrank")
