@@ -1,0 +1,273 @@
+"""The suffix of a transformer from its first adapted layer L on, fed with the hidden states
+entering L (the model side of :mod:`bayes_lora.lora.prefix`'s frozen-prefix cache).
+
+* :func:`first_adapted_layer` / :func:`layers_path`: where θ's tensors sit in the layer stack.
+* :func:`suffix_model`: a shallow copy of the module path from the root to the layer list in which
+  the layers ``< L`` are pass-through modules returning their hidden input as the real layer
+  returns its output, and a BERT-style ``embeddings`` module (which would add position /
+  token-type embeddings and a LayerNorm to ``inputs_embeds``) returns ``inputs_embeds`` unchanged.
+  Llama-style models take ``inputs_embeds`` natively. Every parameter is shared with the full
+  model under its own name, so θ and its layout work unchanged; the original model is not
+  modified. The root drops ``input_ids`` whenever ``inputs_embeds`` is given.
+* :class:`SuffixFunctionalModel`: a functional model over that suffix, with the full model's layout.
+* ``_run_prefix``: the hidden states entering layer L, by a forward pass stopped there (used to
+  probe the layers' output form and to fill the cache).
+"""
+from __future__ import annotations
+
+import copy
+import re
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .params import FunctionalModel, ParamLayout, is_lora_factor
+
+__all__ = [
+    "SuffixFunctionalModel",
+    "first_adapted_layer",
+    "layers_path",
+    "suffix_functional_model",
+    "suffix_model",
+]
+
+_LAYER_RE = re.compile(r"(?:^|\.)(layers?)\.(\d+)(?:\.|$)")
+_EMBEDDING_HINTS = ("embeddings.", "embed_tokens.", "wte.", "wpe.", "lora_embedding_")
+
+
+# --- where the adapters are -------------------------------------------------------------------
+
+
+def _split_layer(name: str) -> tuple[str, int] | None:
+    """``(path of the layer list, layer index)`` of a parameter name, or None."""
+    m = _LAYER_RE.search(name)
+    if m is None:
+        return None
+    return name[: m.end(1)], int(m.group(2))
+
+
+def _theta_names(obj: ParamLayout | FunctionalModel | nn.Module) -> tuple[str, ...]:
+    if isinstance(obj, FunctionalModel):
+        obj = obj.layout
+    if isinstance(obj, ParamLayout):
+        return obj.names
+    if isinstance(obj, nn.Module):
+        return tuple(
+            n for n, p in obj.named_parameters()
+            if is_lora_factor(n) or ".modules_to_save." in n or p.requires_grad
+        )
+    raise TypeError(f"expected a ParamLayout, FunctionalModel or nn.Module, got {type(obj).__name__}")
+
+
+def first_adapted_layer(layout_or_model: ParamLayout | FunctionalModel | nn.Module) -> int | None:
+    """The smallest transformer layer index holding a tensor of θ (a LoRA factor).
+
+    Layers are read from ``layer.<i>.`` / ``layers.<i>.`` in the parameter names. Returns None
+    when no θ tensor sits in a numbered layer (e.g. only a head is trained), and 0 when a θ
+    tensor sits in the embeddings (nothing can be cached then). Given an ``nn.Module``, θ is
+    its LoRA factors, peft ``modules_to_save`` copies and trainable parameters.
+    """
+    names = _theta_names(layout_or_model)
+    if any(h in n for n in names for h in _EMBEDDING_HINTS):
+        return 0
+    found = [s[1] for s in map(_split_layer, names) if s is not None]
+    return min(found) if found else None
+
+
+def layers_path(layout_or_model: ParamLayout | FunctionalModel | nn.Module) -> str:
+    """Dotted path of the layer list (``...encoder.layer`` / ``...model.layers``) θ lives in."""
+    paths = {s[0] for s in map(_split_layer, _theta_names(layout_or_model)) if s is not None}
+    if len(paths) != 1:
+        raise ValueError(
+            "the prefix cache needs the θ tensors in one stack of numbered layers, found "
+            f"{sorted(paths) or 'none'}"
+        )
+    return paths.pop()
+
+
+def _check_layer(layout: ParamLayout, layer: int | None) -> int:
+    first = first_adapted_layer(layout)
+    if layer is None:
+        layer = first
+    if layer is None or layer < 1:
+        raise ValueError(
+            f"nothing to cache: θ starts at layer {first} (0: every layer or the embeddings are "
+            "adapted; None: θ holds no tensor of a numbered layer)"
+        )
+    if first is not None and layer > first:
+        raise ValueError(
+            f"cannot cache the prefix up to layer {layer}: θ has tensors in layer {first}"
+        )
+    return int(layer)
+
+
+# --- the suffix model -------------------------------------------------------------------------
+
+
+class _StopForward(Exception):
+    """Raised by a pre-hook to end a forward pass at the layer whose input is wanted."""
+
+    def __init__(self, hidden: Tensor):
+        super().__init__()
+        self.hidden = hidden
+
+
+class _PassThroughEmbeddings(nn.Module):
+    """Stands for a BERT-style ``embeddings`` module: returns ``inputs_embeds`` unchanged."""
+
+    def forward(self, *args: Any, inputs_embeds: Tensor | None = None, **kwargs: Any) -> Tensor:
+        if inputs_embeds is None:
+            inputs_embeds = next(
+                (a for a in args if isinstance(a, Tensor) and a.is_floating_point() and a.ndim == 3), None
+            )
+        if inputs_embeds is None:
+            raise ValueError(
+                "this suffix model starts from cached hidden states: call it with inputs_embeds "
+                "(a CachedTask batch), not with token ids"
+            )
+        return inputs_embeds
+
+
+class _SkippedLayer(nn.Module):
+    """Stands for a frozen layer below the cached one: returns its hidden input as the real
+    layer returns its output (a tensor, or a tuple of ``n`` entries led by the hidden state)."""
+
+    def __init__(self, index: int, tuple_len: int | None):
+        super().__init__()
+        self.index = index
+        self.tuple_len = tuple_len
+
+    def forward(self, hidden_states: Tensor, *args: Any, **kwargs: Any):
+        if self.tuple_len is None:
+            return hidden_states
+        return (hidden_states,) + (None,) * (self.tuple_len - 1)
+
+    def extra_repr(self) -> str:
+        return f"index={self.index} (cached)"
+
+
+class _DropInputIds:
+    """The suffix root's forward: ``input_ids`` are dropped when ``inputs_embeds`` is given."""
+
+    def __init__(self, forward):
+        self._forward = forward
+
+    def __call__(self, *args: Any, **kwargs: Any):
+        if kwargs.get("inputs_embeds") is not None:
+            kwargs.pop("input_ids", None)
+        return self._forward(*args, **kwargs)
+
+
+def _shallow_copy(module: nn.Module) -> nn.Module:
+    """A new module object sharing parameters, buffers and children with ``module``, with its
+    own child / parameter / hook tables (so editing the copy leaves ``module`` alone)."""
+    cls = type(module)
+    new = cls.__new__(cls)
+    state = dict(module.__dict__)
+    for key, value in state.items():
+        if key.startswith("_") and isinstance(value, dict):
+            state[key] = copy.copy(value)
+    new.__dict__.update(state)
+    return new
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def _run_prefix(model: nn.Module, layers: nn.ModuleList, layer: int, inputs: dict, *, record: bool = False):
+    """The hidden states entering ``layers[layer]`` for ``inputs`` (the forward stops there);
+    with ``record``, also the output form of layer ``layer - 1`` (None: a tensor; n: a tuple)."""
+    form: list = []
+
+    def stop(_module, args, kwargs):
+        raise _StopForward(args[0] if args else kwargs["hidden_states"])
+
+    def seen(_module, _args, out):
+        form.append(len(out) if isinstance(out, tuple) else None)
+
+    handles = [layers[layer].register_forward_pre_hook(stop, with_kwargs=True)]
+    if record:
+        handles.append(layers[layer - 1].register_forward_hook(seen))
+    was_training = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(**inputs)
+    except _StopForward as done:
+        hidden = done.hidden
+    else:
+        raise RuntimeError(f"the forward pass never reached layer {layer}; cannot cache its input")
+    finally:
+        for h in handles:
+            h.remove()
+        for m, t in was_training:
+            m.training = t
+    if not isinstance(hidden, Tensor):
+        raise TypeError(f"layer {layer} receives a {type(hidden).__name__}, not a hidden-state tensor")
+    return (hidden, form[0] if form else None) if record else hidden
+
+
+def suffix_model(model: nn.Module, layer: int, *, layout: ParamLayout | None = None) -> nn.Module:
+    """The part of ``model`` from layer ``layer`` on, fed with ``inputs_embeds`` = the hidden
+    states entering that layer. Same parameters (shared) and names for layers ``≥ layer``.
+
+    ``model`` is left as it was. ``layout`` (default: ``model``'s LoRA tensors) locates the
+    layer stack and is checked to be fully inside the suffix.
+    """
+    where = layers_path(layout if layout is not None else model)
+    layers = model.get_submodule(where)
+    if not isinstance(layers, nn.ModuleList):
+        raise TypeError(f"{where!r} is a {type(layers).__name__}, expected the nn.ModuleList of layers")
+    if not 1 <= layer < len(layers):
+        raise ValueError(f"layer must be in 1..{len(layers) - 1}, got {layer}")
+    # how the real layer hands its output on (a tensor in transformers 5, a tuple in 4.x)
+    probe = {"input_ids": torch.zeros(1, 2, dtype=torch.long, device=_device_of(model)),
+             "attention_mask": torch.ones(1, 2, dtype=torch.long, device=_device_of(model))}
+    _, tuple_len = _run_prefix(model, layers, layer, probe, record=True)
+
+    parts = where.split(".")
+    chain = [model]
+    for part in parts:
+        chain.append(chain[-1].get_submodule(part))
+    copies = [_shallow_copy(m) for m in chain]
+    for parent, part, child in zip(copies[:-1], parts, copies[1:]):
+        parent._modules[part] = child
+    new_layers = copies[-1]
+    for i in range(layer):
+        new_layers._modules[str(i)] = _SkippedLayer(i, tuple_len)
+    # the nearest ancestor of the layer stack with a BERT-style embeddings module
+    for owner in reversed(copies[:-1]):
+        if isinstance(owner._modules.get("embeddings"), nn.Module):
+            owner._modules["embeddings"] = _PassThroughEmbeddings()
+            break
+    root = copies[0]
+    root.forward = _DropInputIds(type(model).forward.__get__(root))
+    root.prefix_layer = layer
+
+    if layout is not None:
+        have = dict(root.named_parameters())
+        missing = [n for n in layout.names if n not in have]
+        if missing:
+            raise ValueError(f"θ tensors {missing[:3]} lie in the cached prefix (layers < {layer})")
+    return root
+
+
+class SuffixFunctionalModel(FunctionalModel):
+    """A :class:`FunctionalModel` over the suffix of ``full.model`` from layer ``layer``.
+
+    Its layout is the full model's (same names, same θ); it takes the batches of a
+    :class:`CachedTask` built for the same layer. ``full`` is the functional model it came from.
+    """
+
+    def __init__(self, full: FunctionalModel, layer: int):
+        self.full = full
+        self.layer = layer
+        super().__init__(suffix_model(full.model, layer, layout=full.layout), full.layout)
+
+
+def suffix_functional_model(fm: FunctionalModel, layer: int | None = None) -> SuffixFunctionalModel:
+    """The suffix of ``fm`` from ``layer`` (default: its first adapted layer)."""
+    return SuffixFunctionalModel(fm, _check_layer(fm.layout, layer))
