@@ -9,6 +9,10 @@ entering L (the model side of :mod:`bayes_lora.lora.prefix`'s frozen-prefix cach
   Llama-style models take ``inputs_embeds`` natively. Every parameter is shared with the full
   model under its own name, so θ and its layout work unchanged; the original model is not
   modified. The root drops ``input_ids`` whenever ``inputs_embeds`` is given.
+  When the head reads the first token only (BERT's sequence classifier: pooler on token 0), the
+  last layer computes token 0's row only (:func:`first_token_layer`): its keys and values still
+  come from every token, its query, attention output and feed-forward from token 0 alone — the
+  same logits and gradients for ~10/12 less of the last layer's work.
 * :class:`SuffixFunctionalModel`: a functional model over that suffix, with the full model's layout.
 * ``_run_prefix``: the hidden states entering layer L, by a forward pass stopped there (used to
   probe the layers' output form and to fill the cache).
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import re
+import types
 from typing import Any
 
 import torch
@@ -27,6 +32,7 @@ from .params import FunctionalModel, ParamLayout, is_lora_factor
 __all__ = [
     "SuffixFunctionalModel",
     "first_adapted_layer",
+    "first_token_layer",
     "layers_path",
     "suffix_functional_model",
     "suffix_model",
@@ -210,12 +216,74 @@ def _run_prefix(model: nn.Module, layers: nn.ModuleList, layer: int, inputs: dic
     return (hidden, form[0] if form else None) if record else hidden
 
 
-def suffix_model(model: nn.Module, layer: int, *, layout: ParamLayout | None = None) -> nn.Module:
+# --- a last layer that computes the first token only --------------------------------------------
+
+
+def _first_token_forward(self: nn.Module, hidden_states: Tensor, attention_mask: Tensor | None = None,
+                         *args: Any, **kwargs: Any) -> Tensor:
+    """A ``BertLayer``'s forward for the output row of token 0 only: the keys and values of every
+    token, the query, attention output, residual and feed-forward of token 0 (returns [B, 1, H]).
+
+    While a dropout of the layer is active (MC dropout) the whole layer runs and token 0's row is
+    kept: the random masks are then the full model's, draw for draw."""
+    if any(m.training and m.p > 0 for m in self.modules() if isinstance(m, nn.Dropout)):
+        return type(self).forward(self, hidden_states, attention_mask, *args, **kwargs)[:, :1]
+    from transformers.models.bert.modeling_bert import (
+        ALL_ATTENTION_FUNCTIONS,
+        eager_attention_forward,
+    )
+
+    kwargs.pop("encoder_attention_mask", None)
+    kwargs.pop("cache", None)
+    sa = self.attention.self
+    b, t = hidden_states.shape[:2]
+    first = hidden_states[:, :1]
+    heads = (sa.num_attention_heads, sa.attention_head_size)
+    query = sa.query(first).view(b, 1, *heads).transpose(1, 2)
+    key = sa.key(hidden_states).view(b, t, *heads).transpose(1, 2)
+    value = sa.value(hidden_states).view(b, t, *heads).transpose(1, 2)
+    if attention_mask is not None and attention_mask.dim() == 4 and attention_mask.shape[-2] == t:
+        attention_mask = attention_mask[:, :, :1]  # the query row of token 0
+    attend = ALL_ATTENTION_FUNCTIONS.get_interface(sa.config._attn_implementation, eager_attention_forward)
+    context, _ = attend(sa, query, key, value, attention_mask, dropout=sa.dropout.p if sa.training else 0.0,
+                        scaling=sa.scaling, **kwargs)
+    attended = self.attention.output(context.reshape(b, 1, -1).contiguous(), first)
+    return self.feed_forward_chunk(attended)
+
+
+def first_token_layer(model: nn.Module, layers: nn.ModuleList) -> int | None:
+    """The index of ``layers``' last layer when only its token-0 row reaches the output of
+    ``model`` (a BERT sequence classifier: the pooler reads token 0) and the layer is a plain
+    encoder ``BertLayer`` whose token-0 row :func:`_first_token_forward` computes; else None."""
+    try:
+        from transformers.models.bert.modeling_bert import (
+            BertForSequenceClassification,
+            BertLayer,
+            BertSelfAttention,
+        )
+    except ImportError:  # pragma: no cover - transformers without BERT
+        return None
+    heads = [m for m in model.modules() if isinstance(m, BertForSequenceClassification)]
+    if len(heads) != 1 or heads[0].bert.pooler is None or heads[0].bert.encoder.layer is not layers:
+        return None
+    last = layers[len(layers) - 1]
+    plain = (
+        type(last) is BertLayer and type(last.attention.self) is BertSelfAttention
+        and not last.is_decoder and not last.add_cross_attention and not last.chunk_size_feed_forward
+        and not last.attention.self.is_causal
+    )
+    return len(layers) - 1 if plain else None
+
+
+def suffix_model(model: nn.Module, layer: int, *, layout: ParamLayout | None = None,
+                 first_token: bool = True) -> nn.Module:
     """The part of ``model`` from layer ``layer`` on, fed with ``inputs_embeds`` = the hidden
     states entering that layer. Same parameters (shared) and names for layers ``≥ layer``.
 
     ``model`` is left as it was. ``layout`` (default: ``model``'s LoRA tensors) locates the
-    layer stack and is checked to be fully inside the suffix.
+    layer stack and is checked to be fully inside the suffix. With ``first_token`` (default), a
+    last layer whose token-0 row alone reaches the output computes that row only
+    (:func:`first_token_layer`; the root's ``first_token_layer`` names it, or is None).
     """
     where = layers_path(layout if layout is not None else model)
     layers = model.get_submodule(where)
@@ -243,9 +311,15 @@ def suffix_model(model: nn.Module, layer: int, *, layout: ParamLayout | None = N
         if isinstance(owner._modules.get("embeddings"), nn.Module):
             owner._modules["embeddings"] = _PassThroughEmbeddings()
             break
+    last = first_token_layer(model, layers) if first_token and tuple_len is None else None
+    if last is not None:
+        single = _shallow_copy(layers[last])
+        single.forward = types.MethodType(_first_token_forward, single)
+        new_layers._modules[str(last)] = single
     root = copies[0]
     root.forward = _DropInputIds(type(model).forward.__get__(root))
     root.prefix_layer = layer
+    root.first_token_layer = last
 
     if layout is not None:
         have = dict(root.named_parameters())

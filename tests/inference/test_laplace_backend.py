@@ -15,6 +15,7 @@ from torch import nn
 from bayes_lora.data import EncodedClassification
 from bayes_lora.inference import FitContext, fit, load
 from bayes_lora.inference import laplace as lap
+from bayes_lora.inference import laplace_torch as lt
 from bayes_lora.lora import FunctionalModel
 
 # --- logistic regression ------------------------------------------------------------------------
@@ -138,7 +139,30 @@ def test_marglik_prior_maximises_the_hand_computed_evidence():
     lam = post.info.stats["prior_precision"]
     assert post.info.stats["log_marginal_likelihood"] == pytest.approx(evidence(lam), abs=1e-3)
     best = max(evidence(float(v)) for v in torch.logspace(-3, 3, 2001))
-    assert evidence(lam) >= best - 1e-3
+    assert evidence(lam) >= best - 1e-6  # the exact optimum: no grid point beats it
+    # MacKay's fixed point λ‖θ‖² = Σ_j h_j / (h_j + λ) holds at the optimum, for the low-rank one too
+    h = torch.linalg.eigvalsh(hess)
+    gamma = float((h / (h + lam)).sum())
+    assert lam * float(theta @ theta) == pytest.approx(gamma, rel=1e-5)
+    low = fit("laplace", ctx, space="full", hessian="lowrank", prior="marglik")
+    assert low.info.stats["prior_precision"] == pytest.approx(lam, rel=1e-5)
+
+
+def test_evidence_prior_is_the_unique_optimum_and_clips_at_its_range():
+    g = torch.Generator().manual_seed(0)
+    h = torch.cat([torch.rand(50, generator=g) * 10 ** torch.linspace(-3, 5, 50), torch.zeros(20)])
+    m = 37.0
+
+    def neg2_log_z(lam: torch.Tensor) -> torch.Tensor:  # −2 log Z up to a constant, for many λ
+        return torch.log1p(h.double()[None] / lam[:, None]).sum(1) + lam * m
+
+    lam = lt.evidence_prior(h, m)
+    grid = torch.logspace(-6, 6, 20001, dtype=torch.float64)
+    assert float(neg2_log_z(torch.tensor([lam], dtype=torch.float64))) <= float(neg2_log_z(grid).min()) + 1e-9
+    assert lam * m == pytest.approx(float((h / (h + lam)).sum()), rel=1e-6)
+    lo, hi = lt.EVIDENCE_PRIOR_RANGE
+    assert lt.evidence_prior(h, 0.0) == hi  # μ = μ₀: the evidence grows without bound in λ
+    assert lt.evidence_prior(torch.zeros(5), 1.0) == lo  # no curvature: it falls without bound
 
 
 def test_glm_predictive_matches_the_closed_form():
@@ -247,9 +271,13 @@ def test_projected_full_glm_shapes_nll_and_save_load(tiny, projected_full, tmp_p
     map_probs = lap.LaplacePosterior(
         ctx.fm, post.space, post.mean, lap.DiagFactor(torch.zeros(post.space.dim))
     ).predict(test).probs
-    # the toy test task: GLM 0.6846 vs MAP 0.6837 — the tiny LoRA-XS MAP is near chance (56 %),
-    # so there is little for the GLM to gain; the full-space test below shows a real gain
-    assert _nll(pred.probs, test.labels) <= _nll(map_probs, test.labels) + 5e-3
+    # the tiny LoRA-XS MAP is near chance (56 %) and its likelihood nearly flat, so the evidence
+    # optimum is a broad prior (λ = 0.002: GLM NLL 0.690, MAP 0.684, chance 0.693); at a fixed
+    # prior the GLM predictive does not lose to MAP (0.682) — the full-space test shows a real gain
+    assert post.info.stats["prior_precision"] < 0.01
+    assert _nll(pred.probs, test.labels) < math.log(2)
+    fixed = fit("laplace", ctx, space="projected", hessian="full", batch_size=16, prior=1.0)
+    assert _nll(fixed.predict(test).probs, test.labels) <= _nll(map_probs, test.labels) + 1e-3
 
     post.save(tmp_path)
     back = load(tmp_path, ctx.fm)

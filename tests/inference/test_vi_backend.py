@@ -57,6 +57,25 @@ def test_low_rank_captures_a_correlated_gaussian_posterior():
     assert (torch.cov(draws.T) - q.covariance()).abs().max() < 0.01
 
 
+
+@pytest.mark.parametrize("guide", ["mean_field", "low_rank"])
+def test_scale_lr_steps_the_scales_and_lr_the_mean(guide):
+    """``lr`` moves q's mean only and ``scale_lr`` its scales (and low-rank factor) only."""
+    g = torch.Generator().manual_seed(0)
+    n = 20
+    y = torch.randn(n, 3, generator=g) + torch.tensor([1.0, -0.5, 2.0])
+    model = latent_model(3, 2.0, n, lambda w, idx: (dist.Normal(w, 1.0).to_event(1), y[idx]))
+    kw = {"batch_size": n, "guide": guide, "guide_rank": 1, "init_scale": 0.5, "seed": 0}
+    mean_only = [run_svi(model, torch.zeros(3), n, steps=k, lr=0.1, scale_lr=0.0, **kw)[0] for k in (10, 50)]
+    spread_only = [run_svi(model, torch.zeros(3), n, steps=k, lr=0.0, scale_lr=0.1, **kw)[0] for k in (10, 50)]
+    assert (mean_only[1].loc - y.mean(0)).abs().max() < 0.5  # the mean went to the data ...
+    assert torch.equal(mean_only[0].scale, mean_only[1].scale)  # ... and the scales stayed put
+    if guide == "low_rank":
+        assert torch.equal(mean_only[0].cov_factor, mean_only[1].cov_factor)
+        assert not torch.equal(spread_only[0].cov_factor, spread_only[1].cov_factor)
+    assert torch.equal(spread_only[0].loc, torch.zeros(3)) and torch.equal(spread_only[1].loc, torch.zeros(3))
+    assert (spread_only[0].scale - spread_only[1].scale).abs().max() > 0.05  # the scales moved
+
 def test_gaussian_q_roundtrip_and_covariance():
     q = GaussianQ(torch.tensor([1.0, 2.0]), torch.tensor([0.5, 0.1]), torch.tensor([[1.0], [2.0]]))
     torch.testing.assert_close(q.covariance(), torch.tensor([[1.25, 2.0], [2.0, 4.01]]))

@@ -3,10 +3,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-from scenarios import WORDS, tiny_bert, tiny_task, tiny_tokenizer
+from scenarios import WORDS, sentiment_texts, tiny_bert, tiny_task, tiny_tokenizer
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from bayes_lora.data import EncodedMultipleChoice, MultipleChoiceData, encode
+from bayes_lora.data import (
+    EncodedClassification,
+    EncodedMultipleChoice,
+    MultipleChoiceData,
+    TextClassificationData,
+    encode,
+)
 from bayes_lora.inference.base import predict_probs
 from bayes_lora.lora import FunctionalModel
 from bayes_lora.lora.backbone import LoraSettings, add_lora
@@ -19,6 +25,7 @@ from bayes_lora.lora.prefix import (
     suffix_functional_model,
     with_prefix_cache,
 )
+from bayes_lora.lora.suffix import suffix_model
 from bayes_lora.types import EncodedTask
 
 ATOL = 1e-5
@@ -170,6 +177,44 @@ def test_gradients_equal(setup):
     # the LoRA factors of every adapted layer and the head get gradients through both paths
     assert torch.allclose(grads[0], grads[1], atol=ATOL, rtol=1e-4), (grads[0] - grads[1]).abs().max()
 
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_bert_last_layer_computes_the_first_token_only(attn, llama):
+    """The pooler reads token 0, so the suffix's last layer runs its query, attention output and
+    feed-forward on token 0 alone (keys and values from every token): one row instead of T, the
+    same logits and θ-gradients as the full model (padded batches, both attention kernels)."""
+    model = add_lora(tiny_bert(layers=4), LoraSettings(r=4, alpha=8, layers=(2, 3)), "classifier").eval()
+    model.set_attn_implementation(attn)
+    fm = FunctionalModel(model)
+    texts, labels = sentiment_texts(12, seed=4)
+    texts = [" ".join([t] * (1 + i % 3)) for i, t in enumerate(texts)]  # 7 to 19 tokens: padding
+    data = TextClassificationData("toy", tuple(texts), tuple(labels), 2)
+    task = EncodedClassification.from_data(data, tiny_tokenizer(), max_length=32)
+    sfm, cached = with_prefix_cache(fm, task)
+    assert sfm.model.first_token_layer == 3
+    rows = []
+    ffn = model.get_submodule("base_model.model.bert.encoder.layer.3.intermediate")
+    handle = ffn.register_forward_hook(lambda _m, args, _out: rows.append(args[0].shape[1]))
+    theta0 = random_thetas(fm, 1, seed=7)[0]
+    batch, cbatch = next(iter(task.batches(12))), next(iter(cached.batches(12)))
+    assert (batch["inputs"]["attention_mask"] == 0).any()  # padding is masked out of the keys
+    grads = []
+    try:
+        for f, t, b in ((fm, task, batch), (sfm, cached, cbatch)):
+            theta = theta0.clone().requires_grad_(True)
+            logits = t.class_logits(f.forward_at(theta), b)
+            (g,) = torch.autograd.grad(logits[:, 1].sum() - logits[:, 0].square().sum(), theta)
+            grads.append((logits.detach(), g))
+    finally:
+        handle.remove()
+    assert rows == [batch["inputs"]["attention_mask"].shape[1], 1]
+    assert torch.allclose(grads[0][0], grads[1][0], atol=ATOL, rtol=0)
+    assert torch.allclose(grads[0][1], grads[1][1], atol=ATOL, rtol=1e-4)
+    # the whole layer again when asked, and for models whose head reads every token
+    whole = suffix_model(model, 2, layout=fm.layout, first_token=False)
+    assert whole.first_token_layer is None
+    assert llama[2].model.first_token_layer is None
 
 def test_predict_probs_equal(setup):
     fm, task, sfm, cached = setup
