@@ -26,7 +26,8 @@ from .evaluate import Evaluation, evaluate, mcmc_diagnostics, posterior_idata
 from .stages import StageRecord, StageStore
 
 #: bumped when a stage's computation or files change meaning, so older stage folders are recomputed
-STAGES_FORMAT = 2
+#: (3: the first-token last layer of BERT suffixes, the exact evidence prior, the dev-chosen VI defaults)
+STAGES_FORMAT = 3
 
 
 @dataclass
