@@ -329,19 +329,29 @@ def evidence_prior(eigvals: Tensor, sq_norm: float | Tensor) -> float:
     return math.exp(s)
 
 
-def _optimize_scalar_prior(la, eigvals: Tensor, method, prior_structure, kwargs) -> bool:
-    """Set ``la.prior_precision`` to the exact evidence optimum (:func:`evidence_prior`) when a
-    scalar prior is tuned by marglik; False (nothing done) for any other request."""
-    init = kwargs.get("init_prior_prec", 1.0)
-    scalar_init = not isinstance(init, Tensor) or init.numel() == 1
-    if str(getattr(method, "value", method)) != "marglik" or not scalar_init:
-        return False
-    if str(getattr(prior_structure, "value", prior_structure)) != "scalar":
-        return False
-    delta = la.mean - la.prior_mean
-    lam = evidence_prior(eigvals, (delta.double() * delta.double()).sum())
-    la.prior_precision = torch.tensor([lam], dtype=la._dtype, device=la._device)
-    return True
+class _ExactScalarPrior:
+    """Mixin for laplace-torch Laplaces whose H has cheap eigenvalues (``_scaled_eigvals``: the
+    eigenvalues of H/T): a scalar prior tuned by marglik is the exact optimum
+    (:func:`evidence_prior`); any other request goes to laplace-torch."""
+
+    def _scaled_eigvals(self) -> Tensor:
+        raise NotImplementedError
+
+    def optimize_prior_precision(self, pred_type="glm", method="marglik", *args, prior_structure="scalar",
+                                 **kwargs) -> None:
+        init = kwargs.get("init_prior_prec", 1.0)
+        exact = (
+            not args
+            and str(getattr(method, "value", method)) == "marglik"
+            and str(getattr(prior_structure, "value", prior_structure)) == "scalar"
+            and (not isinstance(init, Tensor) or init.numel() == 1)
+        )
+        if not exact:
+            super().optimize_prior_precision(pred_type, method, *args, prior_structure=prior_structure, **kwargs)
+            return
+        delta = (self.mean - self.prior_mean).double()
+        lam = evidence_prior(self._scaled_eigvals(), (delta * delta).sum())
+        self.prior_precision = torch.tensor([lam], dtype=self._dtype, device=self._device)
 
 
 def eigen_full_laplace() -> type:
@@ -350,7 +360,7 @@ def eigen_full_laplace() -> type:
         return _BACKENDS["full"]
     from laplace import FullLaplace
 
-    class EigenFullLaplace(FullLaplace):
+    class EigenFullLaplace(_ExactScalarPrior, FullLaplace):
         """FullLaplace with log det(H/T + diag λ) = Σ_j log(h_j/T + λ) when λ is one scalar
         (the eigenvalues h_j of H are computed once per fit); other priors use the base class."""
 
@@ -371,15 +381,10 @@ def eigen_full_laplace() -> type:
             prior = self.prior_precision_diag
             if not bool((prior == prior[0]).all()):
                 return super().log_det_posterior_precision
-            return torch.log(self._H_factor * self._eigvals() + prior[0]).sum()
+            return torch.log(self._scaled_eigvals() + prior[0]).sum()
 
-        def optimize_prior_precision(self, pred_type="glm", method="marglik", *args, prior_structure="scalar",
-                                     **kwargs) -> None:
-            """A scalar prior tuned by marglik: the exact optimum (:func:`evidence_prior`)."""
-            if args or not _optimize_scalar_prior(self, self._H_factor * self._eigvals(), method,
-                                                  prior_structure, kwargs):
-                super().optimize_prior_precision(pred_type, method, *args, prior_structure=prior_structure,
-                                                 **kwargs)
+        def _scaled_eigvals(self) -> Tensor:
+            return self._H_factor * self._eigvals()
 
     _BACKENDS["full"] = EigenFullLaplace
     return EigenFullLaplace
@@ -394,7 +399,7 @@ def lowrank_laplace() -> type:
     from laplace import LowRankLaplace, ParametricLaplace
     from torch.nn.utils import parameters_to_vector
 
-    class ExactGGNLowRankLaplace(LowRankLaplace):
+    class ExactGGNLowRankLaplace(_ExactScalarPrior, LowRankLaplace):
         """LowRankLaplace with the exact-GGN backend; log det(U diag(l) Uᵀ + λI) =
         Σ_j log(l_j + λ) + (d − k) log λ for a scalar λ (the base class inverts a k × k matrix
         built from a d × k product at every step of the prior optimisation)."""
@@ -423,14 +428,8 @@ def lowrank_laplace() -> type:
                 return super().log_det_posterior_precision
             return torch.log(values + prior[0]).sum() + (len(prior) - len(values)) * torch.log(prior[0])
 
-        def optimize_prior_precision(self, pred_type="glm", method="marglik", *args, prior_structure="scalar",
-                                     **kwargs) -> None:
-            """A scalar prior tuned by marglik: the exact optimum (:func:`evidence_prior`) from the
-            k eigenvalues, without touching U."""
-            if args or not _optimize_scalar_prior(self, self._H_factor * self.H[1], method, prior_structure,
-                                                  kwargs):
-                super().optimize_prior_precision(pred_type, method, *args, prior_structure=prior_structure,
-                                                 **kwargs)
+        def _scaled_eigvals(self) -> Tensor:  # the k eigenvalues; U is not touched
+            return self._H_factor * self.H[1]
 
     _BACKENDS["lowrank"] = ExactGGNLowRankLaplace
     return ExactGGNLowRankLaplace

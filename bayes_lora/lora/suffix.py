@@ -226,6 +226,7 @@ def _first_token_forward(self: nn.Module, hidden_states: Tensor, attention_mask:
 
     While a dropout of the layer is active (MC dropout) the whole layer runs and token 0's row is
     kept: the random masks are then the full model's, draw for draw."""
+    # looked up per call: MC dropout swaps dropout modules into the adapters after the suffix is built
     if any(m.training and m.p > 0 for m in self.modules() if isinstance(m, nn.Dropout)):
         return type(self).forward(self, hidden_states, attention_mask, *args, **kwargs)[:, :1]
     from transformers.models.bert.modeling_bert import (
