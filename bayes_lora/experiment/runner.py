@@ -26,8 +26,9 @@ from .evaluate import Evaluation, evaluate, mcmc_diagnostics, posterior_idata
 from .stages import StageRecord, StageStore
 
 #: bumped when a stage's computation or files change meaning, so older stage folders are recomputed
-#: (3: the first-token last layer of BERT suffixes, the exact evidence prior, the dev-chosen VI defaults)
-STAGES_FORMAT = 3
+#: (3: the first-token last layer of BERT suffixes, the exact evidence prior, the dev-chosen VI defaults;
+#: 4: the curve posteriors' predictive draws stratified by t)
+STAGES_FORMAT = 4
 
 
 @dataclass

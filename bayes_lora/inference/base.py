@@ -25,7 +25,7 @@ from torch import Tensor
 from ..lora.checkpoint import Checkpointer
 from ..lora.io import atomic_write_json, load_tensors, save_tensors
 from ..lora.params import FunctionalModel
-from ..lora.spaces import FullSpace, ParameterSpace, ProjectedSpace
+from ..lora.spaces import FullSpace, MaskedSpace, ParameterSpace, ProjectedSpace
 from ..lora.train import TrainConfig, fine_tune
 from ..types import EncodedTask, FitInfo, Prediction, over_batches
 
@@ -59,6 +59,9 @@ class SpaceKind(str, Enum):
     B̂Â, around that anchor (identity cores): a small subspace through the full-LoRA MAP."""
     FULL = "full"
     """Every LoRA tensor and the head (θ) around a fine-tuned anchor."""
+    SUBNETWORK = "subnetwork"
+    """Some of θ's tensors (by name; by default the top adapted layer's LoRA tensors and the
+    head) around a fine-tuned anchor, the rest fixed there: a subnetwork Laplace."""
 
 
 @dataclass
@@ -126,15 +129,18 @@ class FitContext:
 
 
 def space_state(space: ParameterSpace) -> tuple[dict[str, Tensor], dict]:
-    """Tensors and JSON from which :func:`space_from_state` rebuilds a full, projected (LoRA-XS) or
-    adapter space. The SVD factors are saved: a core latent means nothing under other singular
+    """Tensors and JSON from which :func:`space_from_state` rebuilds a full, subnetwork,
+    projected (LoRA-XS) or adapter space. A subnetwork's base θ and free coordinates are saved;
+    so are the SVD factors of a core space: a core latent means nothing under other singular
     vector signs (another LAPACK may flip them), and an adapter space's factors come from θ̂."""
     if isinstance(space, FullSpace):
         return {}, {"space": SpaceKind.FULL.value}
+    if isinstance(space, MaskedSpace):
+        return {"space.base": space.base, "space.index": space.index}, {"space": SpaceKind.SUBNETWORK.value}
     if isinstance(space, ProjectedSpace):
         tensors = {f"space.{k}": v for k, v in space.state_dict().items()}
         return tensors, {"space": space.kind, "include_other": space.include_other}
-    raise TypeError(f"cannot save a {type(space).__name__}: only full, projected and adapter spaces")
+    raise TypeError(f"cannot save a {type(space).__name__}: only full, subnetwork, projected and adapter spaces")
 
 
 def space_from_state(
@@ -145,6 +151,8 @@ def space_from_state(
     kind = SpaceKind(meta["space"])
     if kind is SpaceKind.FULL:
         return FullSpace(fm.layout)
+    if kind is SpaceKind.SUBNETWORK:
+        return MaskedSpace(fm.layout, tensors["space.base"], tensors["space.index"])
     include_other = meta.get("include_other", True)
     saved = {k[len("space."):]: v for k, v in tensors.items() if k.startswith("space.")}
     if not saved:

@@ -10,7 +10,11 @@ The posterior is a Gaussian N(ŵ, Σ) over the latent w of one parameter space (
   fine-tuned anchor's own update B̂Â = UΣVᵀ (``ProjectedSpace(around=θ̂)``): the core R = I *is*
   the anchor, so the Gaussian sits at the full-LoRA MAP (d = 1,154 on the default model);
 * ``space="full"`` — θ itself, every LoRA tensor and the head, around a MAP anchor
-  ``ctx.anchors[anchor]``; d = D (37,634 on the default model).
+  ``ctx.anchors[anchor]``; d = D (37,634 on the default model);
+* ``space="subnetwork"`` — the tensors of θ named by ``tensors`` (default: the top adapted layer's
+  LoRA tensors and the head; 13,058 numbers on the default model) around ``ctx.anchors[anchor]``,
+  the rest fixed there (a subnetwork or last-layer Laplace; :class:`~bayes_lora.lora.spaces.
+  MaskedSpace`). Per-example gradients stop at the lowest free layer.
 
 The posterior precision is Σ⁻¹ = H/T + λI, with H the generalised Gauss–Newton matrix
 Σ_i J_iᵀ (diag p_i − p_i p_iᵀ) J_i of the training NLL at ŵ (J_i = ∂f(x_i)/∂w, f the class
@@ -83,7 +87,7 @@ from torch import Tensor, nn
 
 from ..lora.batched import can_fold, per_example_jacobians
 from ..lora.params import FunctionalModel
-from ..lora.spaces import FullSpace, ParameterSpace
+from ..lora.spaces import FullSpace, MaskedSpace, ParameterSpace
 from ..types import Batch, EncodedTask, FitInfo, Prediction, over_batches
 from .base import FitContext, Posterior, SpaceKind, space_from_state, space_state
 from .laplace_factors import (
@@ -366,6 +370,7 @@ def fit_laplace(
     anchor: int = 0,
     jacobian_batch_size: int = 4,
     temperature: float = 1.0,
+    tensors: list[str] | None = None,
 ) -> LaplacePosterior:
     """Laplace: a Gaussian around a MAP, curvature and evidence-tuned prior from laplace-torch.
 
@@ -373,8 +378,9 @@ def fit_laplace(
     ----------
     ctx: the fit context (model, training task, anchors).
     space: "projected" (LoRA-XS cores around ``ctx.projected_map()``), "adapter" (r×r cores
-        between the SVD factors of ``ctx.anchors[anchor]``'s own update, around that anchor) or
-        "full" (θ around ``ctx.anchors[anchor]``).
+        between the SVD factors of ``ctx.anchors[anchor]``'s own update, around that anchor),
+        "full" (θ around ``ctx.anchors[anchor]``) or "subnetwork" (the tensors of θ named by
+        ``tensors`` around ``ctx.anchors[anchor]``, the rest fixed there).
     hessian: "full", "diag", "kron" or "lowrank"; default "kron" on the full space, "full" on the
         core spaces. Unsupported: "kron" on a core space (a flat latent has no layers), "full" on
         a space of more than :data:`MAX_DENSE_DIM` coordinates, and "lowrank" for models
@@ -395,6 +401,10 @@ def fit_laplace(
         Σ⁻¹ = H/T + λI, and the evidence is that of the tempered likelihood. T > 1 widens the
         posterior; small subspace posteriors are over-concentrated at T = 1 (Izmailov et al. 2019)
         — choose T on held-out data, as the curve posterior's.
+    tensors: for ``space="subnetwork"``: glob patterns (``fnmatch``) of the θ tensors that are
+        free, e.g. ``["*.layer.5.*", "*classifier*"]``; default the top adapted layer's LoRA
+        tensors and every non-LoRA tensor (the head). Per-example gradients then stop at the
+        lowest free layer, so the curvature pass skips the backward through the layers below.
     """
     with warnings.catch_warnings():  # a dependency scripts a function at import (torch.jit is deprecated)
         warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
@@ -403,7 +413,7 @@ def fit_laplace(
 
     start = time.perf_counter()
     kind = _choice(SpaceKind, space, "space")
-    hessian = hessian or ("kron" if kind is SpaceKind.FULL else "full")
+    hessian = hessian or ("kron" if kind in (SpaceKind.FULL, SpaceKind.SUBNETWORK) else "full")
     structure = _choice(HessianStructure, hessian, "hessian")
     _choice(Predictive, predictive, "predictive")
     _choice(Link, link, "link")
@@ -416,8 +426,10 @@ def fit_laplace(
                                              and temperature > 0):
         raise ValueError(f"laplace: temperature must be a float > 0, got {temperature!r}")
 
+    if tensors is not None and kind is not SpaceKind.SUBNETWORK:
+        raise ValueError(f"laplace: tensors= picks the free tensors of space='subnetwork', not of space={space!r}")
     fm = ctx.fm
-    if kind is not SpaceKind.FULL and structure is HessianStructure.KRON:
+    if kind not in (SpaceKind.FULL, SpaceKind.SUBNETWORK) and structure is HessianStructure.KRON:
         raise ValueError(
             f"laplace: hessian='kron' is not supported on the {kind.value} space: its latent is one "
             "flat vector with no linear layers to factor (K-FAC would reduce to one dense "
@@ -430,6 +442,11 @@ def fit_laplace(
     elif kind is SpaceKind.ADAPTER:
         param_space = ctx.adapter_space(anchor)
         mean = param_space.initial()  # identity cores and the anchor's head: the anchor itself
+    elif kind is SpaceKind.SUBNETWORK:
+        base = ctx.require_anchors(anchor + 1)[anchor]
+        names = MaskedSpace.top_layer_names(fm.layout) if tensors is None else tensors
+        param_space = MaskedSpace.from_names(fm.layout, base, names)
+        mean = param_space.initial()
     else:
         param_space = FullSpace(fm.layout)
         mean = ctx.require_anchors(anchor + 1)[anchor]
@@ -503,8 +520,9 @@ def fit_laplace(
         return factor, jitter, lml, prior_prec, t1 - t0, t2 - t1
 
     if structure is HessianStructure.KRON:
-        _check_kron_layers(fm.model, fm.layout)
-        with _trainable_at(fm, mean):
+        free = param_space.free_names if isinstance(param_space, MaskedSpace) else fm.layout.names
+        _check_kron_layers(fm.model, free)
+        with _trainable_at(fm, param_space.to_theta(mean), free):
             out = run(ModelNet(fm.model, train), CurvlinopsGGN)
     else:
         out = run(LatentNet(fm, param_space, train, mean), per_example_ggn_backend() if per_example else GGNInterface)
@@ -522,6 +540,8 @@ def fit_laplace(
         "jacobian_batch_size": jacobian_batch_size,
         "temperature": temperature,
     }
+    if isinstance(param_space, MaskedSpace):
+        options["tensors"] = param_space.free_names  # the patterns resolved: what was fitted
     stats = {
         "prior_precision": prior_prec.item() if prior_prec.numel() == 1 else prior_prec.tolist(),
         "log_marginal_likelihood": lml,

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections import UserDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from ..lora.batched import per_example_jacobians, per_example_vjp
-from ..lora.params import FunctionalModel, ParamLayout
+from ..lora.params import FunctionalModel
 from ..lora.spaces import ParameterSpace
 from ..types import Batch, EncodedTask, length_order
 
@@ -131,11 +131,12 @@ class ModelNet(nn.Module):
         return self._task.class_logits(self.model, from_laplace_batch(x))
 
 
-def _check_kron_layers(model: nn.Module, layout: ParamLayout) -> None:
-    """K-FAC blocks are per linear layer (weight, then bias): every θ tensor must be the weight
-    or bias of an ``nn.Linear`` whose trainable tensors are exactly its weight (and bias)."""
+def _check_kron_layers(model: nn.Module, names: Sequence[str]) -> None:
+    """K-FAC blocks are per linear layer (weight, then bias): every tensor of ``names`` (θ's, or
+    a subnetwork's) must be the weight or bias of an ``nn.Linear`` whose trainable tensors are
+    exactly its weight (and bias)."""
     owners: dict[str, set[str]] = {}
-    for name in layout.names:
+    for name in names:
         path, leaf = name.rsplit(".", 1)
         owners.setdefault(path, set()).add(leaf)
     for path, leaves in owners.items():
@@ -154,25 +155,27 @@ def _check_kron_layers(model: nn.Module, layout: ParamLayout) -> None:
 
 
 @contextmanager
-def _trainable_at(fm: FunctionalModel, theta: Tensor) -> Iterator[None]:
-    """Temporarily write θ into the model and switch on the gradients of θ's tensors only;
-    restore the stored tensors and freeze them again afterwards."""
+def _trainable_at(fm: FunctionalModel, theta: Tensor, names: Sequence[str] | None = None) -> Iterator[None]:
+    """Temporarily write θ into the model and switch on the gradients of ``names`` only (θ's
+    tensors by default, or a subnetwork's); restore the stored tensors and freeze them again
+    afterwards."""
     model, layout = fm.model, fm.layout
+    names = tuple(layout.names if names is None else names)
     params = dict(model.named_parameters())
     saved = layout.read(model)
     layout.write_(model, theta)
     try:
-        for name in layout.names:
+        for name in names:
             params[name].requires_grad_(True)
         trainable = tuple(n for n, p in model.named_parameters() if p.requires_grad)
-        if trainable != layout.names:
+        if trainable != names:
             raise ValueError(
                 "laplace: hessian='kron' needs θ's layout to list the model's trainable tensors "
                 "in the model's own order (K-FAC blocks follow model.parameters())"
             )
         yield
     finally:
-        for name in layout.names:
+        for name in names:
             params[name].requires_grad_(False)
         layout.write_(model, saved)
 
@@ -264,19 +267,30 @@ def per_example_ggn_backend() -> type:
         def eig_lowrank(self, data_loader):
             """(U [d, k], e [k], loss): the exact GGN of the whole loader, U diag(e) Uᵀ, from its
             n(C − 1) rows (:func:`lowrank_eigen`), and the summed NLL; sets ``n_outputs``."""
-            rows, loss, m = [], 0.0, 0
+            # the rows go straight into one buffer of n(C − 1) rows, sized at the first batch
+            # (a list and a final torch.cat would hold them twice: 150 MB on the default model)
+            n = len(data_loader.dataset)
+            rows, loss, m = None, 0.0, 0
             for x in data_loader:
                 r, f = self._square_root_rows(x)
+                if rows is None:
+                    per_example = r.shape[0] // f.shape[0]  # C − 1
+                    if n * per_example > MAX_LOWRANK_ROWS:
+                        raise ValueError(
+                            f"laplace: a low-rank Hessian keeps every GGN row in memory; "
+                            f"{n * per_example} rows (examples × (classes − 1)) are more than "
+                            f"{MAX_LOWRANK_ROWS} — pass a smaller subset"
+                        )
+                    rows = r.new_empty(n * per_example, r.shape[1])
+                if m + r.shape[0] > rows.shape[0]:
+                    raise RuntimeError("laplace: the loader gave more examples than its dataset holds")
+                rows[m:m + r.shape[0]] = r.detach()
                 m += r.shape[0]
-                if m > MAX_LOWRANK_ROWS:
-                    raise ValueError(
-                        f"laplace: a low-rank Hessian keeps every GGN row in memory; more than "
-                        f"{MAX_LOWRANK_ROWS} rows (examples × (classes − 1)) — pass a smaller subset"
-                    )
-                rows.append(r.detach())
                 loss = loss + self.factor * self.lossfunc(f, x[_LABELS])
                 self.n_outputs = f.shape[-1]
-            vectors, values = lowrank_eigen(torch.cat(rows))
+            if rows is None:
+                raise ValueError("laplace: the Hessian's loader is empty")
+            vectors, values = lowrank_eigen(rows[:m])
             return vectors, values, loss.detach()
 
     _BACKENDS["ggn"] = PerExampleGGN

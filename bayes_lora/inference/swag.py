@@ -278,6 +278,8 @@ def fit_swag(
     if snapshots < 2:
         raise ValueError(f"SWAG needs snapshots ≥ 2, got {snapshots}")
     kind = SpaceKind(space)
+    if kind is SpaceKind.SUBNETWORK:
+        raise ValueError("swag: space='subnetwork' is a Laplace space; SWAG runs in 'projected', 'adapter' or 'full'")
     covariance = Covariance(covariance).value
     seed = ctx.seed if seed is None else int(seed)
     batch_size = batch_size or ctx.train_config.batch_size

@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 
 from ..lora.params import FunctionalModel
-from ..lora.spaces import ParameterSpace, ProjectedSpace
+from ..lora.spaces import MaskedSpace, ParameterSpace, ProjectedSpace
 from ..lora.train import NumericalError
 from ..types import EncodedTask, FitInfo
 from .base import FitContext, Posterior
@@ -125,49 +125,6 @@ class GaussianQ:
     @classmethod
     def from_tensors(cls, tensors: dict[str, Tensor]) -> GaussianQ:
         return cls(tensors["loc"], tensors["scale"], tensors.get("cov_factor"))
-
-
-# --- the BLoB latent: the A entries of θ -----------------------------------------------------
-class MaskedSpace(ParameterSpace):
-    """θ = base with the coordinates at ``index`` replaced by the latent w (d = len(index)).
-
-    Used for BLoB-like VI: ``index`` holds the entries of every LoRA A factor, the rest of θ
-    (B factors, head) stays at ``base``.
-    """
-
-    kind = "masked"
-
-    def __init__(self, layout, base: Tensor, index: Tensor):
-        super().__init__()
-        self.layout = layout
-        if base.shape != (layout.dim,):
-            raise ValueError(f"base θ must have length {layout.dim}, got {tuple(base.shape)}")
-        index = torch.as_tensor(index, dtype=torch.long)
-        if index.dim() != 1 or index.numel() == 0:
-            raise ValueError("MaskedSpace needs a non-empty 1-d index")
-        self.register_buffer("base", base.detach().clone().float())
-        self.register_buffer("index", index.clone())
-        self.dim = index.numel()
-
-    @classmethod
-    def lora_a(cls, layout, base: Tensor) -> MaskedSpace:
-        """The space of every ``lora_A`` entry of ``layout`` around ``base``."""
-        parts = [
-            torch.arange(off, off + k)
-            for name, off, k in zip(layout.names, layout.offsets, layout.numels)
-            if ".lora_A." in name
-        ]
-        if not parts:
-            raise ValueError("the model has no LoRA A factors")
-        return cls(layout, base, torch.cat(parts))
-
-    def to_theta(self, w: Tensor) -> Tensor:
-        self._check(w)
-        theta = self.base.to(w.dtype).expand(*w.shape[:-1], self.base.shape[0])
-        return theta.index_copy(-1, self.index, w)
-
-    def initial(self) -> Tensor:
-        return self.base[self.index].clone()
 
 
 # --- functional core: model and SVI ----------------------------------------------------------

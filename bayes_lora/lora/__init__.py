@@ -4,6 +4,7 @@ from .params import FunctionalModel, ParamLayout, is_lora_factor, trainable_para
 from .spaces import (
     AffineSpace,
     FullSpace,
+    MaskedSpace,
     ParameterSpace,
     ProjectedSpace,
     orthonormal_span,
@@ -16,6 +17,7 @@ __all__ = [
     "BezierCurve",
     "FullSpace",
     "FunctionalModel",
+    "MaskedSpace",
     "ParamLayout",
     "ParameterSpace",
     "ProjectedSpace",

@@ -71,17 +71,24 @@ class PerSampleLinears:
     """Context manager: inside it, ``fm.model`` evaluates sample s of ``thetas`` [S, D] on the
     s-th block of rows of a folded batch (see :func:`fold`)."""
 
-    def __init__(self, fm: FunctionalModel, thetas: Tensor):
+    def __init__(self, fm: FunctionalModel, thetas: Tensor | dict[str, Tensor]):
         owners = _owners(fm.model, fm.layout)
         if owners is None:
             raise ValueError("this model's θ is not made of nn.Linear weights only; use the loop over samples")
-        self.thetas = thetas
+        self.thetas = thetas  # θ [S, D], or already split by tensor {name: [S, *shape]}
         self.owners = owners
         self.layout = fm.layout
 
     def __enter__(self) -> PerSampleLinears:  # noqa: PYI034
-        s = self.thetas.shape[0]
-        params = self.layout.unflatten(self.thetas)  # {name: [S, *shape]}
+        if isinstance(self.thetas, dict):
+            params = self.thetas
+            missing = [n for n in self.layout.names if n not in params]
+            if missing:
+                raise ValueError(f"per-sample tensors are missing θ's {missing}")
+            s = params[self.layout.names[0]].shape[0]
+        else:
+            s = self.thetas.shape[0]
+            params = self.layout.unflatten(self.thetas)  # {name: [S, *shape]}
         self.modules: list[nn.Linear] = []
         for name, (mod, attr) in self.owners.items():
             if mod not in self.modules:
@@ -131,7 +138,8 @@ def per_example_vjp(
     Parameters
     ----------
     fm: the functional model (its θ must be foldable, :func:`can_fold`).
-    space: the parameter space, θ = space.to_theta(w) (differentiable, batched).
+    space: the parameter space, θ = space.to_theta(w) (differentiable, batched; split by tensor
+        with ``space.theta_tensors``).
     task: the task whose ``class_logits`` gives f [B, C] for ``batch``; its model input must hold
         each example's rows contiguously (one row per example, or C rows per multiple-choice
         question), as every task of bayes_lora does.
@@ -147,14 +155,16 @@ def per_example_vjp(
     b = batch["labels"].shape[0]
     with torch.enable_grad():
         ws = w.detach().expand(b, w.shape[-1]).clone().requires_grad_(True)  # w_i, one per example
-        with PerSampleLinears(fm, space.to_theta(ws)):
+        # split by tensor: tensors the space holds fixed carry no gradient, so the backward
+        # stops at the lowest free one (a top-layer subnetwork skips the layers below)
+        with PerSampleLinears(fm, space.theta_tensors(ws)):
             f = task.class_logits(fm.model, batch)  # row block i depends on w_i only
         if f.shape[0] != b:
             raise ValueError(f"per-example gradients need logits [B={b}, C], got {tuple(f.shape)}")
         v = cotangents(f.detach())
         k = v.shape[-1]
         rows = [torch.autograd.grad(f, ws, v[..., j], retain_graph=j + 1 < k)[0] for j in range(k)]
-    return torch.stack(rows, dim=1), f.detach()
+    return (rows[0].unsqueeze(1) if k == 1 else torch.stack(rows, dim=1)), f.detach()
 
 
 def per_example_jacobians(fm: FunctionalModel, space, task, batch: dict, w: Tensor) -> tuple[Tensor, Tensor]:

@@ -1,6 +1,9 @@
 """Parameter spaces: maps from a few latent coordinates w ∈ R^d to the LoRA vector θ ∈ R^D.
 
 * :class:`FullSpace` — θ itself (d = D).
+* :class:`MaskedSpace` — some coordinates of θ free, the rest fixed at a base θ̂: whole tensors
+  chosen by name (a subnetwork, e.g. the top layer's adapters and the head), or the entries of
+  every LoRA A factor (BLoB-like VI).
 * :class:`ProjectedSpace` — LoRA-XS (Bałazy et al. 2024; B-LoRA-XS, Marszałek et al. 2025): per
   adapted weight W ≈ U_r Σ_r V_rᵀ (truncated SVD, frozen) the update is ΔW = U_r Σ_r R V_rᵀ with
   only the r×r core R free. It maps linearly onto peft's factors — B = U_r Σ_r, A = R V_rᵀ / s
@@ -14,7 +17,10 @@ with any leading batch dimensions and is differentiable.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Sequence
+from fnmatch import fnmatchcase
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -34,6 +40,12 @@ class ParameterSpace(nn.Module):
 
     def forward(self, w: Tensor) -> Tensor:
         return self.to_theta(w)
+
+    def theta_tensors(self, w: Tensor) -> dict[str, Tensor]:
+        """θ = g(w) split by tensor, ``{name: [..., *shape]}``. A space that leaves tensors fixed
+        returns them without a gradient path to w, so that a backward pass stops where the
+        free tensors start (the default splits ``to_theta(w)``: every tensor depends on w)."""
+        return self.layout.unflatten(self.to_theta(w))
 
     def initial(self) -> Tensor:
         """A sensible starting latent (the current adapter, zeros for a core, ...)."""
@@ -61,6 +73,123 @@ class FullSpace(ParameterSpace):
 
     def initial(self) -> Tensor:
         return self.init.clone()
+
+
+class MaskedSpace(ParameterSpace):
+    """θ = base with the coordinates at ``index`` replaced by the latent w (d = len(index)).
+
+    Built from tensor names (:meth:`from_names`: a subnetwork such as the top layer's adapters and
+    the head, for a subnetwork Laplace) or from every LoRA A entry (:meth:`lora_a`, BLoB-like VI).
+    :meth:`theta_tensors` returns the tensors without a free coordinate as constants, so
+    per-example gradients (:func:`~bayes_lora.lora.batched.per_example_vjp`) backpropagate only
+    down to the lowest free tensor.
+    """
+
+    kind = "masked"
+
+    def __init__(self, layout: ParamLayout, base: Tensor, index: Tensor):
+        super().__init__()
+        self.layout = layout
+        if base.shape != (layout.dim,):
+            raise ValueError(f"base θ must have length {layout.dim}, got {tuple(base.shape)}")
+        index = torch.as_tensor(index, dtype=torch.long)
+        if index.dim() != 1 or index.numel() == 0:
+            raise ValueError("MaskedSpace needs a non-empty 1-d index")
+        if int(index.min()) < 0 or int(index.max()) >= layout.dim or index.unique().numel() != index.numel():
+            raise ValueError(f"MaskedSpace's index must hold distinct coordinates in [0, {layout.dim})")
+        self.register_buffer("base", base.detach().clone().float())
+        self.register_buffer("index", index.clone())
+        self.dim = index.numel()
+        # per tensor: None (fixed), a slice of w (the whole tensor free, in order), or
+        # (its free local coordinates, their positions in w)
+        where = torch.full((layout.dim,), -1, dtype=torch.long)
+        where[index] = torch.arange(index.numel())
+        self._pieces: dict[str, Any] = {}
+        for name, off, k in zip(layout.names, layout.offsets, layout.numels):
+            pos = where[off:off + k]
+            free = pos >= 0
+            if not bool(free.any()):
+                self._pieces[name] = None
+            elif bool(free.all()) and bool((pos == pos[0] + torch.arange(k)).all()):
+                self._pieces[name] = slice(int(pos[0]), int(pos[0]) + k)
+            else:
+                self._pieces[name] = (free.nonzero().squeeze(1), pos[free])
+
+    @classmethod
+    def from_names(cls, layout: ParamLayout, base: Tensor, patterns: Sequence[str]) -> MaskedSpace:
+        """The tensors of ``layout`` whose names match any of the glob ``patterns`` (``fnmatch``,
+        case-sensitive), every coordinate of each, around ``base``."""
+        if isinstance(patterns, str) or not patterns or not all(isinstance(p, str) for p in patterns):
+            raise ValueError(f"tensor patterns must be a non-empty list of glob strings, got {patterns!r}")
+        unused = [p for p in patterns if not any(fnmatchcase(n, p) for n in layout.names)]
+        if unused:
+            raise ValueError(
+                f"tensor patterns {unused} match none of θ's tensors; they are: {list(layout.names)}"
+            )
+        parts = [
+            torch.arange(off, off + k)
+            for name, off, k in zip(layout.names, layout.offsets, layout.numels)
+            if any(fnmatchcase(name, p) for p in patterns)
+        ]
+        return cls(layout, base, torch.cat(parts))
+
+    @staticmethod
+    def top_layer_names(layout: ParamLayout) -> list[str]:
+        """The LoRA tensors of the highest-numbered layer that holds any (the last integer in a
+        LoRA tensor's name is its layer), and every tensor that is not a LoRA factor (a trained
+        head): a last-layer subnetwork (Daxberger et al. 2021)."""
+        layer_of = {}
+        for name in layout.names:
+            if is_lora_factor(name):
+                numbers = re.findall(r"\.(\d+)\.", name)
+                if not numbers:
+                    raise ValueError(f"cannot tell the layer of LoRA tensor {name!r}; name the tensors explicitly")
+                layer_of[name] = int(numbers[-1])
+        if not layer_of:
+            raise ValueError("the model has no LoRA factors to pick a top layer from")
+        top = max(layer_of.values())
+        return [n for n in layout.names if layer_of.get(n, top) == top]
+
+    @classmethod
+    def lora_a(cls, layout: ParamLayout, base: Tensor) -> MaskedSpace:
+        """The space of every ``lora_A`` entry of ``layout`` around ``base``."""
+        parts = [
+            torch.arange(off, off + k)
+            for name, off, k in zip(layout.names, layout.offsets, layout.numels)
+            if ".lora_A." in name
+        ]
+        if not parts:
+            raise ValueError("the model has no LoRA A factors")
+        return cls(layout, base, torch.cat(parts))
+
+    @property
+    def free_names(self) -> list[str]:
+        """The tensors with at least one free coordinate, in layout order."""
+        return [n for n, piece in self._pieces.items() if piece is not None]
+
+    def to_theta(self, w: Tensor) -> Tensor:
+        self._check(w)
+        theta = self.base.to(w.dtype).expand(*w.shape[:-1], self.base.shape[0])
+        return theta.index_copy(-1, self.index, w)
+
+    def theta_tensors(self, w: Tensor) -> dict[str, Tensor]:
+        self._check(w)
+        batch = w.shape[:-1]
+        base = self.layout.unflatten(self.base.to(w.dtype))
+        out = {}
+        for (name, piece), shape in zip(self._pieces.items(), self.layout.shapes):
+            if piece is None:
+                out[name] = base[name].expand(*batch, *shape)
+            elif isinstance(piece, slice):
+                out[name] = w[..., piece].reshape(*batch, *shape)
+            else:
+                local, pos = piece
+                flat = base[name].reshape(-1).expand(*batch, base[name].numel())
+                out[name] = flat.index_copy(-1, local, w[..., pos]).reshape(*batch, *shape)
+        return out
+
+    def initial(self) -> Tensor:
+        return self.base[self.index].clone()
 
 
 def _lora_modules(layout: ParamLayout) -> list[tuple[str, str, str]]:

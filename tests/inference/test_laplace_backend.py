@@ -416,3 +416,65 @@ def test_lowrank_on_the_tiny_bert_equals_the_dense_exact_ggn_and_round_trips(tin
     monkeypatch.setattr(lap, "MAX_LOWRANK_ROWS", 16)
     with pytest.raises(ValueError, match=r"all 24 GGN rows .*subset ≤ 16"):
         fit("laplace", small, space="full", hessian="lowrank")
+
+
+def test_subnetwork_laplace_is_the_full_ggn_restricted_and_skips_the_lower_layers(tiny, tmp_path):
+    """space="subnetwork" (default: the top layer's LoRA tensors and the head). Its per-example
+    GGN rows are the full space's rows at its coordinates, and the backward pass that makes them
+    never enters the layer below; the low-rank and dense Laplaces over it agree; K-FAC runs on
+    its tensors alone; the posterior sits at the anchor, saves and loads; bad names are refused."""
+    from bayes_lora.lora import FullSpace, MaskedSpace
+    from bayes_lora.lora.batched import per_example_vjp
+
+    ctx, test = tiny
+    layout, w0 = ctx.fm.layout, ctx.anchors[0]
+    top = [n for n in layout.names if ".layer.1." in n or "classifier" in n]
+    sub = MaskedSpace.from_names(layout, w0, MaskedSpace.top_layer_names(layout))
+    assert sub.free_names == top
+    batch = next(iter(ctx.train.batches(8)))
+    lower = ctx.fm.model.get_submodule("base_model.model.bert.encoder.layer.0.output.dense")
+    calls: list[int] = []
+    hook = lower.register_full_backward_hook(lambda *_: calls.append(1))
+    try:
+        full_rows, f_full = per_example_vjp(ctx.fm, FullSpace(layout), ctx.train, batch, w0, lt.ggn_square_root)
+        through_full = len(calls)
+        rows, f = per_example_vjp(ctx.fm, sub, ctx.train, batch, sub.initial(), lt.ggn_square_root)
+    finally:
+        hook.remove()
+    assert through_full > 0 and len(calls) == through_full  # the subnetwork's backward skipped layer 0
+    torch.testing.assert_close(f, f_full)
+    torch.testing.assert_close(rows, full_rows[..., sub.index], rtol=1e-5, atol=1e-7)
+
+    low = fit("laplace", ctx, space="subnetwork", hessian="lowrank", batch_size=16)
+    dense = fit("laplace", ctx, space="subnetwork", hessian="full", batch_size=16)
+    kron = fit("laplace", ctx, space="subnetwork", batch_size=16)  # K-FAC by default, as on "full"
+    assert low.info.stats["n_params"] == dense.info.stats["n_params"] == kron.info.stats["n_params"] == sub.dim
+    assert low.options["tensors"] == top and kron.options["hessian"] == "kron"
+    assert low.info.stats["prior_precision"] == pytest.approx(dense.info.stats["prior_precision"], rel=1e-3)
+    assert low.info.stats["log_marginal_likelihood"] == pytest.approx(
+        dense.info.stats["log_marginal_likelihood"], rel=1e-4)
+    pred = low.predict(test)
+    # (64 rows in d = 578: the float32 dense eigendecomposition and the Gram route round apart)
+    torch.testing.assert_close(pred.probs, dense.predict(test).probs, atol=1e-4, rtol=1e-4)
+    anchor_probs = fit("map", ctx).predict(test).probs
+    at_mean = lap.LaplacePosterior(ctx.fm, low.space, low.mean, lap.DiagFactor(torch.zeros(sub.dim)))
+    torch.testing.assert_close(at_mean.predict(test).probs, anchor_probs, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(pred.probs, anchor_probs, atol=1e-3)
+    thetas = low.sample_thetas(3, seed=0)
+    fixed = torch.ones(layout.dim, dtype=torch.bool)
+    fixed[sub.index] = False
+    assert torch.equal(thetas[:, fixed], w0[fixed].expand(3, -1))  # the layer below never moves
+    assert not torch.allclose(thetas[:, ~fixed], w0[~fixed].expand(3, -1))
+    _check_probs(kron.predict(test).probs, 1, len(test))
+    for name, post in (("low", low), ("kron", kron)):
+        post.save(tmp_path / name)
+        back = load(tmp_path / name, ctx.fm)
+        assert isinstance(back.space, MaskedSpace) and torch.equal(back.space.index, sub.index)
+        assert torch.equal(back.predict(test).probs, post.predict(test).probs)
+        assert torch.equal(back.sample_thetas(2, seed=3), post.sample_thetas(2, seed=3))
+    with pytest.raises(ValueError, match=r"\['\*decoder\*'\] match none of θ's tensors"):
+        fit("laplace", ctx, space="subnetwork", tensors=["*classifier*", "*decoder*"])
+    with pytest.raises(ValueError, match="tensors= picks the free tensors of space='subnetwork'"):
+        fit("laplace", ctx, space="full", tensors=["*classifier*"])
+    with pytest.raises(ValueError, match="swag: space='subnetwork' is a Laplace space"):
+        fit("swag", ctx, space="subnetwork")

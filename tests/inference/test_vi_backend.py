@@ -10,7 +10,8 @@ import torch
 from scenarios import tiny_context
 
 from bayes_lora.inference import fit, load
-from bayes_lora.inference.vi import GaussianQ, MaskedSpace, VIPosterior, latent_model, run_svi
+from bayes_lora.inference.vi import GaussianQ, VIPosterior, latent_model, run_svi
+from bayes_lora.lora import MaskedSpace
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.25])
@@ -143,17 +144,3 @@ def test_blob_varies_only_the_a_factors(tmp_path):
     assert torch.equal(loaded.sample_thetas(4, seed=0), thetas)
 
 
-def test_masked_space_batches_and_gradients():
-    base = torch.arange(6.0)
-    sp = MaskedSpace(_FakeLayout(6), base, torch.tensor([1, 4]))
-    w = torch.tensor([[10.0, 40.0], [11.0, 41.0]], requires_grad=True)
-    theta = sp.to_theta(w)
-    torch.testing.assert_close(theta, torch.tensor([[0.0, 10, 2, 3, 40, 5], [0.0, 11, 2, 3, 41, 5]]))
-    theta.sum().backward()
-    torch.testing.assert_close(w.grad, torch.ones(2, 2))
-    torch.testing.assert_close(sp.initial(), torch.tensor([1.0, 4.0]))
-
-
-class _FakeLayout:
-    def __init__(self, dim):
-        self.dim = dim

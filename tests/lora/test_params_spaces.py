@@ -8,6 +8,7 @@ from bayes_lora.lora import (
     AffineSpace,
     FullSpace,
     FunctionalModel,
+    MaskedSpace,
     ParamLayout,
     ProjectedSpace,
     pca_basis,
@@ -172,3 +173,48 @@ def test_affine_over_projected_space(tiny_peft):
     z = torch.randn(3)
     torch.testing.assert_close(aff.to_theta(z), inner.to_theta(inner.initial() + P @ z))
     assert FullSpace(layout).to_theta(torch.ones(layout.dim)).sum() == layout.dim
+
+
+def test_masked_space_batches_and_gradients():
+    layout = ParamLayout(("a", "b", "c"), ((2,), (3,), (1,)))
+    sp = MaskedSpace(layout, torch.arange(6.0), torch.tensor([1, 4]))
+    w = torch.tensor([[10.0, 40.0], [11.0, 41.0]], requires_grad=True)
+    theta = sp.to_theta(w)
+    torch.testing.assert_close(theta, torch.tensor([[0.0, 10, 2, 3, 40, 5], [0.0, 11, 2, 3, 41, 5]]))
+    theta.sum().backward()
+    torch.testing.assert_close(w.grad, torch.ones(2, 2))
+    torch.testing.assert_close(sp.initial(), torch.tensor([1.0, 4.0]))
+
+
+def test_masked_space_by_tensor_keeps_fixed_tensors_off_the_graph():
+    """``theta_tensors`` equals splitting ``to_theta`` (whole free tensors, a partly free one and
+    fixed ones), and the fixed tensors carry no gradient: a backward pass never reaches them."""
+    layout = ParamLayout(("layer.0.a", "layer.1.b", "layer.1.c", "head"), ((2, 2), (3,), (2,), (2,)))
+    base = torch.arange(11.0)
+    sp = MaskedSpace(layout, base, torch.tensor([4, 5, 6, 8, 7]))  # b whole, c reversed: mixed
+    w = torch.randn(3, sp.dim, requires_grad=True)
+    split, ref = sp.theta_tensors(w), layout.unflatten(sp.to_theta(w))
+    for name in layout.names:
+        torch.testing.assert_close(split[name], ref[name])
+    assert not split["layer.0.a"].requires_grad and not split["head"].requires_grad
+    assert split["layer.1.b"].requires_grad and split["layer.1.c"].requires_grad
+    assert sp.free_names == ["layer.1.b", "layer.1.c"]
+    (split["layer.1.b"].sum() + 2 * split["layer.1.c"].sum()).backward()
+    torch.testing.assert_close(w.grad, torch.tensor([1.0, 1, 1, 2, 2]).expand(3, 5))
+
+
+def test_masked_space_from_names_and_the_top_layer(tiny_peft):
+    model, _ = tiny_peft
+    layout = ParamLayout.from_model(model)
+    base = torch.randn(layout.dim)
+    top = MaskedSpace.top_layer_names(layout)
+    assert top == [n for n in layout.names if ".layer.1." in n or "classifier" in n]
+    sp = MaskedSpace.from_names(layout, base, ["*.layer.1.*", "*classifier*"])
+    assert sp.free_names == top and sp.dim == 2 * 256 + 66
+    torch.testing.assert_close(sp.to_theta(sp.initial()), base)
+    with pytest.raises(ValueError, match=r"\['\*layer\.7\.\*'\] match none of θ's tensors"):
+        MaskedSpace.from_names(layout, base, ["*classifier*", "*layer.7.*"])
+    with pytest.raises(ValueError, match="non-empty list of glob strings"):
+        MaskedSpace.from_names(layout, base, "*classifier*")
+    with pytest.raises(ValueError, match="distinct coordinates"):
+        MaskedSpace(layout, base, torch.tensor([0, 0]))
