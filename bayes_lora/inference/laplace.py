@@ -193,7 +193,7 @@ class LaplacePosterior(Posterior):
     Parameters
     ----------
     fm: the functional model.
-    space: the parameter space (``ProjectedSpace`` or ``FullSpace``); θ = space.to_theta(w).
+    space: the parameter space (``ProjectedSpace``, ``FullSpace`` or ``MaskedSpace``); θ = space.to_theta(w).
     mean: the MAP latent ŵ [d].
     factor: the posterior covariance Σ (:class:`DenseFactor`, :class:`DiagFactor`,
         :class:`KronFactor`).
@@ -381,7 +381,7 @@ def fit_laplace(
         between the SVD factors of ``ctx.anchors[anchor]``'s own update, around that anchor),
         "full" (θ around ``ctx.anchors[anchor]``) or "subnetwork" (the tensors of θ named by
         ``tensors`` around ``ctx.anchors[anchor]``, the rest fixed there).
-    hessian: "full", "diag", "kron" or "lowrank"; default "kron" on the full space, "full" on the
+    hessian: "full", "diag", "kron" or "lowrank"; default "kron" on the full and subnetwork spaces, "full" on the
         core spaces. Unsupported: "kron" on a core space (a flat latent has no layers), "full" on
         a space of more than :data:`MAX_DENSE_DIM` coordinates, and "lowrank" for models
         without per-example adapters, with a zero prior, or with more than
