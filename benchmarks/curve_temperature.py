@@ -5,13 +5,12 @@ the dev NLL, accuracy, MI and ECE of the model average per T. Needs a finished `
     python benchmarks/curve_temperature.py
 """
 import torch
+from dev_split import dev_split
 
-from bayes_lora.data import encode, load_task_data
 from bayes_lora.diagnostics.metrics import summarize
 from bayes_lora.experiment.config import load_config
 from bayes_lora.experiment.runner import Runner
 from bayes_lora.inference.base import predict_probs
-from bayes_lora.lora.prefix import with_prefix_cache
 from bayes_lora.lora.spaces import FullSpace
 from bayes_lora.models.likelihood import TaskLogits
 
@@ -19,9 +18,7 @@ cfg = load_config("configs/default.toml")
 r = Runner(cfg, "runs/default", data_dir="../shared/data", log=lambda m: None, progress=False)
 p = r.prepare()
 anchors = r.anchors(); curve = r.curve(anchors)
-dev = load_task_data("sst2", "dev", max_examples=1000, data_dir="../shared/data", seed=0, min_words=5)
-dev = encode(dev, p.backbone.tokenizer, max_length=cfg.model.max_length)
-_, dev = with_prefix_cache(p.fm.full, dev)
+dev = dev_split(cfg, p)
 lik = TaskLogits(p.fm, p.train, examples=cfg.posterior.get("likelihood_examples", 256), seed=cfg.seed)
 ts = torch.linspace(0, 1, 41)
 with torch.no_grad():

@@ -118,7 +118,7 @@ def main() -> int:
         _, map_s = _timed(ctx.projected_map)
     fits = {"kfac": {"space": "full", "hessian": "kron"},
             "lowrank": {"space": "full", "hessian": "lowrank"},
-            "top": {"space": "subnetwork", "hessian": "lowrank"},
+            "top": {k: v for k, v in cfg.methods["laplace_top"].options.items() if k != "subset"},
             "adapter": {"space": "adapter", "hessian": "full"},
             "lora_xs": {"space": "projected", "hessian": "full"}}
     for kw in fits.values():
@@ -141,13 +141,13 @@ def main() -> int:
                  desc("kfac", "K-FAC on the full LoRA tensors") + "; "
                  + desc("lowrank", f"exact GGN in its rank-{posts['lowrank'].factor.vectors.shape[1]} data subspace "
                         "+ isotropic prior, same tensors") + "; "
-                 + desc("top", "the same exact GGN over the top layer's LoRA tensors and the head only "
-                        "(subnetwork: the backward stops at the top layer)") + "; "
+                 + desc("top", f"the same exact GGN over the subnetwork {fits['top'].get('tensors', 'top layer + head')} "
+                        "(the rest at the anchor: the backward stops at its lowest layer)") + "; "
                  + desc("adapter", "r×r cores of the MAP's own update, full Hessian") + "; "
                  + desc("lora_xs", "LoRA-XS cores, full Hessian")
                  + (f" (+ LoRA-XS MAP {map_s:.0f} s)" if map_s else " (LoRA-XS MAP from the run)"),
                  (f"**{med['lowrank'] / med['kfac']:.2f}** low-rank exact GGN (NLL {verdict['lowrank']} K-FAC's); "
-                  f"{med['top'] / med['kfac']:.2f} top-layer subnetwork (NLL {verdict['top']}); "
+                  f"{med['top'] / med['kfac']:.2f} subnetwork (NLL {verdict['top']}); "
                   f"{med['adapter'] / med['kfac']:.2f} adapter cores (NLL {verdict['adapter']}); "
                  f"{med['lora_xs'] / med['kfac']:.2f} LoRA-XS (NLL {verdict['lora_xs']})")))
     print(rows[-1])

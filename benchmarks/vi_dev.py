@@ -12,12 +12,12 @@ anchor's (MAP). Needs a finished `make demo`. What the defaults came from (300 s
 import argparse
 import itertools
 
-from bayes_lora.data import encode, load_task_data
+from dev_split import dev_split
+
 from bayes_lora.diagnostics.metrics import summarize
 from bayes_lora.experiment.config import load_config
 from bayes_lora.experiment.runner import Runner
 from bayes_lora.inference.registry import fit
-from bayes_lora.lora.prefix import with_prefix_cache
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--lrs", type=float, nargs="+", default=[1e-4], help="steps of q's mean")
@@ -32,9 +32,7 @@ cfg = load_config("configs/default.toml")
 r = Runner(cfg, "runs/default", data_dir="../shared/data", log=lambda m: None, progress=False)
 p = r.prepare()
 ctx = r.context(r.anchors(), None)
-dev = load_task_data("sst2", "dev", max_examples=1000, data_dir="../shared/data", seed=0, min_words=5)
-dev = encode(dev, p.backbone.tokenizer, max_length=cfg.model.max_length)
-_, dev = with_prefix_cache(p.fm.full, dev)
+dev = dev_split(cfg, p)
 opts = dict(cfg.methods["vi"].options)
 if args.steps:
     opts["steps"] = args.steps
