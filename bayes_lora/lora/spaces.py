@@ -126,12 +126,7 @@ class MaskedSpace(ParameterSpace):
             raise ValueError(
                 f"tensor patterns {unused} match none of θ's tensors; they are: {list(layout.names)}"
             )
-        parts = [
-            torch.arange(off, off + k)
-            for name, off, k in zip(layout.names, layout.offsets, layout.numels)
-            if any(fnmatchcase(name, p) for p in patterns)
-        ]
-        return cls(layout, base, torch.cat(parts))
+        return cls._whole_tensors(layout, base, lambda name: any(fnmatchcase(name, p) for p in patterns))
 
     @staticmethod
     def top_layer_names(layout: ParamLayout) -> list[str]:
@@ -153,13 +148,15 @@ class MaskedSpace(ParameterSpace):
     @classmethod
     def lora_a(cls, layout: ParamLayout, base: Tensor) -> MaskedSpace:
         """The space of every ``lora_A`` entry of ``layout`` around ``base``."""
-        parts = [
-            torch.arange(off, off + k)
-            for name, off, k in zip(layout.names, layout.offsets, layout.numels)
-            if ".lora_A." in name
-        ]
-        if not parts:
+        if not any(".lora_A." in name for name in layout.names):
             raise ValueError("the model has no LoRA A factors")
+        return cls._whole_tensors(layout, base, lambda name: ".lora_A." in name)
+
+    @classmethod
+    def _whole_tensors(cls, layout: ParamLayout, base: Tensor, keep: Callable[[str], bool]) -> MaskedSpace:
+        """Every coordinate of the tensors whose names ``keep`` accepts, in layout order."""
+        parts = [torch.arange(off, off + k) for name, off, k in zip(layout.names, layout.offsets, layout.numels)
+                 if keep(name)]
         return cls(layout, base, torch.cat(parts))
 
     @property

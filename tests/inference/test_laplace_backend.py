@@ -251,6 +251,16 @@ def projected_full(tiny):
     return fit("laplace", ctx, space="projected", hessian="full", batch_size=16)
 
 
+def _reloaded(post, path, fm, test, want: torch.Tensor, *, num_samples: int | None = None, seed: int = 3):
+    """Save ``post`` and load it back: the loaded posterior predicts ``want`` (the fitted one's
+    probabilities) and samples θ exactly as the fitted one; returned for further checks."""
+    post.save(path)
+    back = load(path, fm)
+    assert torch.equal(back.predict(test, num_samples=num_samples).probs, want)
+    assert torch.equal(back.sample_thetas(2, seed=seed), post.sample_thetas(2, seed=seed))
+    return back
+
+
 def _check_probs(probs: torch.Tensor, s: int, n: int) -> None:
     assert probs.shape == (s, n, 2)
     assert torch.isfinite(probs).all()
@@ -279,10 +289,7 @@ def test_projected_full_glm_shapes_nll_and_save_load(tiny, projected_full, tmp_p
     fixed = fit("laplace", ctx, space="projected", hessian="full", batch_size=16, prior=1.0)
     assert _nll(fixed.predict(test).probs, test.labels) <= _nll(map_probs, test.labels) + 1e-3
 
-    post.save(tmp_path)
-    back = load(tmp_path, ctx.fm)
-    assert torch.equal(back.predict(test, num_samples=3).probs, pred.probs)
-    assert torch.equal(back.sample_thetas(2, seed=5), post.sample_thetas(2, seed=5))
+    back = _reloaded(post, tmp_path, ctx.fm, test, pred.probs, num_samples=3, seed=5)
     assert back.info.stats == pytest.approx(post.info.stats)
 
 
@@ -326,10 +333,7 @@ def test_full_space_kron_fits_through_kfac_and_round_trips(tiny, tmp_path):
     _check_probs(pred.probs, 2, len(test))
     map_nll = _nll(fit("map", ctx).predict(test).probs, test.labels)  # the anchor itself
     assert _nll(pred.probs, test.labels) <= map_nll  # toy test task: 0.351 vs 0.364
-    post.save(tmp_path)
-    back = load(tmp_path, ctx.fm)
-    assert torch.equal(back.predict(test, num_samples=2).probs, pred.probs)
-    assert torch.equal(back.sample_thetas(2, seed=1), post.sample_thetas(2, seed=1))
+    _reloaded(post, tmp_path, ctx.fm, test, pred.probs, num_samples=2, seed=1)
 
 
 def test_per_example_ggn_backend_equals_laplace_torchs_own_jacobians(tiny):
@@ -380,11 +384,7 @@ def test_adapter_space_laplace_sits_at_the_anchor_and_round_trips(tiny, tmp_path
     pred = post.predict(test)
     _check_probs(pred.probs, 1, len(test))
     assert _nll(pred.probs, test.labels) <= _nll(anchor_probs, test.labels)
-    post.save(tmp_path)
-    back = load(tmp_path, ctx.fm)
-    assert back.space.kind == "adapter"
-    assert torch.equal(back.predict(test).probs, pred.probs)
-    assert torch.equal(back.sample_thetas(2, seed=3), post.sample_thetas(2, seed=3))
+    assert _reloaded(post, tmp_path, ctx.fm, test, pred.probs).space.kind == "adapter"
 
 
 def test_lowrank_on_the_tiny_bert_equals_the_dense_exact_ggn_and_round_trips(tiny, tmp_path, monkeypatch):
@@ -408,11 +408,7 @@ def test_lowrank_on_the_tiny_bert_equals_the_dense_exact_ggn_and_round_trips(tin
     u = low.factor.vectors[:, 0]
     want = 1 / (low.factor.eigvals[0] + low.factor.prior)
     assert float((draws @ u).var()) == pytest.approx(float(want), rel=0.2)
-    low.save(tmp_path)
-    back = load(tmp_path, ctx.fm)
-    assert isinstance(back.factor, lap.LowRankFactor)
-    assert torch.equal(back.predict(test).probs, pred.probs)
-    assert torch.equal(back.sample_thetas(2, seed=3), low.sample_thetas(2, seed=3))
+    assert isinstance(_reloaded(low, tmp_path, ctx.fm, test, pred.probs).factor, lap.LowRankFactor)
     monkeypatch.setattr(lap, "MAX_LOWRANK_ROWS", 16)
     with pytest.raises(ValueError, match=r"all 24 GGN rows .*subset ≤ 16"):
         fit("laplace", small, space="full", hessian="lowrank")
@@ -467,11 +463,8 @@ def test_subnetwork_laplace_is_the_full_ggn_restricted_and_skips_the_lower_layer
     assert not torch.allclose(thetas[:, ~fixed], w0[~fixed].expand(3, -1))
     _check_probs(kron.predict(test).probs, 1, len(test))
     for name, post in (("low", low), ("kron", kron)):
-        post.save(tmp_path / name)
-        back = load(tmp_path / name, ctx.fm)
+        back = _reloaded(post, tmp_path / name, ctx.fm, test, post.predict(test).probs)
         assert isinstance(back.space, MaskedSpace) and torch.equal(back.space.index, sub.index)
-        assert torch.equal(back.predict(test).probs, post.predict(test).probs)
-        assert torch.equal(back.sample_thetas(2, seed=3), post.sample_thetas(2, seed=3))
     with pytest.raises(ValueError, match=r"\['\*decoder\*'\] match none of θ's tensors"):
         fit("laplace", ctx, space="subnetwork", tensors=["*classifier*", "*decoder*"])
     with pytest.raises(ValueError, match="tensors= picks the free tensors of space='subnetwork'"):
