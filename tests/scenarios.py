@@ -228,3 +228,97 @@ def write_tiny_single_thread_run(root, methods: dict):
     cfg.write_text(dump_toml(tiny_run_config(model_dir, anchors={"count": 3}, methods=methods,
                                              runtime={"threads": 1, "progress": False})))
     return cfg, data_dir, {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+# --- tiny models of the common families (tests/lora/test_families.py) ---------------------------
+
+#: sequence-classifier families built by :func:`tiny_family_model`
+CLASSIFIER_FAMILIES = ("bert", "roberta", "deberta-v2", "distilbert", "gpt2", "llama", "qwen2")
+#: decoder families that are also causal LMs
+CAUSAL_LM_FAMILIES = ("gpt2", "llama", "qwen2")
+
+
+def tiny_family_config(family: str, layers: int = 3, num_labels: int = 2):
+    """A transformers config of ``family`` (3 layers, width 32, 2 heads, the tiny vocabulary of
+    :func:`tiny_tokenizer`, pad id 0 = ``[PAD]``, dropout off), in that family's own layout."""
+    from transformers import (
+        DebertaV2Config,
+        DistilBertConfig,
+        GPT2Config,
+        Qwen2Config,
+        RobertaConfig,
+    )
+
+    vocab = len(WORDS) + 5
+    common = {"num_labels": num_labels, "pad_token_id": 0}
+    bert_like = {"vocab_size": vocab, "hidden_size": 32, "num_hidden_layers": layers, "num_attention_heads": 2,
+                 "intermediate_size": 37, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+    decoder = {"vocab_size": vocab, "hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": layers,
+               "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 64,
+               "bos_token_id": 2, "eos_token_id": 4, "tie_word_embeddings": True}
+    if family == "bert":
+        return BertConfig(**bert_like, max_position_embeddings=64, **common)
+    if family == "roberta":  # positions start after the padding index
+        return RobertaConfig(**bert_like, max_position_embeddings=70, bos_token_id=2, eos_token_id=3, **common)
+    if family == "deberta-v2":  # DeBERTa-v3 style: relative attention, no absolute positions, conv
+        return DebertaV2Config(**bert_like, max_position_embeddings=64, relative_attention=True, position_buckets=8,
+                               max_relative_positions=16, pos_att_type=["p2c", "c2p"], position_biased_input=False,
+                               norm_rel_ebd="layer_norm", share_att_key=True, conv_kernel_size=3, type_vocab_size=0,
+                               pooler_hidden_size=32, pooler_dropout=0.0, **common)
+    if family == "distilbert":
+        return DistilBertConfig(vocab_size=vocab, dim=32, n_layers=layers, n_heads=2, hidden_dim=37,
+                                max_position_embeddings=64, dropout=0.0, attention_dropout=0.0,
+                                seq_classif_dropout=0.0, **common)
+    if family == "gpt2":
+        return GPT2Config(vocab_size=vocab, n_embd=32, n_layer=layers, n_head=2, n_inner=37, n_positions=64,
+                          resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, summary_first_dropout=0.0,
+                          bos_token_id=2, eos_token_id=4, **common)
+    if family == "llama":
+        return LlamaConfig(**decoder, **common)
+    if family == "qwen2":
+        return Qwen2Config(**decoder, **common)
+    raise ValueError(f"unknown family {family!r}")
+
+
+def tiny_family_model(family: str, kind: str = "classifier", seed: int = 0, layers: int = 3,
+                      num_labels: int = 2):
+    """A tiny ``family`` model with random weights: a sequence classifier
+    (AutoModelForSequenceClassification) or, for the decoder families, a causal LM."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    cfg = tiny_family_config(family, layers=layers, num_labels=num_labels)
+    torch.manual_seed(seed)
+    if kind == "classifier":
+        return AutoModelForSequenceClassification.from_config(cfg).eval()
+    if kind == "causal_lm":
+        if family not in CAUSAL_LM_FAMILIES:
+            raise ValueError(f"{family} is not a causal LM family")
+        return AutoModelForCausalLM.from_config(cfg).eval()
+    raise ValueError(f"unknown kind {kind!r}")
+
+
+def tiny_family_tokenizer(family: str) -> PreTrainedTokenizerFast:
+    """The tiny tokenizer with ``[CLS] … [SEP]`` for the encoders, plain for the decoders."""
+    return tiny_tokenizer(with_cls=family not in CAUSAL_LM_FAMILIES)
+
+
+# --- MPNet (sentence-transformers' all-mpnet-base-v2 family), added to the families above ----------
+# Appended rather than edited in: CLASSIFIER_FAMILIES gains "mpnet" and tiny_family_config (looked
+# up at call time by tiny_family_model) builds its config, every other family unchanged.
+
+_tiny_family_config_before_mpnet = tiny_family_config
+CLASSIFIER_FAMILIES = CLASSIFIER_FAMILIES + ("mpnet",)
+
+
+def tiny_family_config(family: str, layers: int = 3, num_labels: int = 2):  # noqa: F811 - extends the one above
+    """:func:`tiny_family_config` of the families above, and MPNet: BERT's sizes, relative
+    position buckets in the encoder (32: MPNetEncoder's hard-wired count) on top of learned
+    absolute positions counted RoBERTa-style past index 1 (MPNet's fixed padding index)."""
+    if family != "mpnet":
+        return _tiny_family_config_before_mpnet(family, layers=layers, num_labels=num_labels)
+    from transformers import MPNetConfig
+
+    return MPNetConfig(vocab_size=len(WORDS) + 5, hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
+                       intermediate_size=37, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                       max_position_embeddings=70, relative_attention_num_buckets=32, num_labels=num_labels,
+                       pad_token_id=0, bos_token_id=2, eos_token_id=3)

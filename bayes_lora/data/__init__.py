@@ -1,7 +1,9 @@
 """Data loading and tokenisation for Bayesian LoRA experiments.
 
-Load a benchmark (:func:`load_task_data`, :func:`load_sst2`, :func:`load_multiple_choice`, or
-the generic :func:`load_text_classification` / :func:`load_arc_jsonl`) into an immutable
+Describe a task by its files and fields (:class:`TaskSpec`; the built-in benchmarks are
+registered ones: :func:`get_task`, :func:`task_names`) and load a split (:meth:`TaskSpec.load`,
+:func:`load_task`; or :func:`load_sst2`, :func:`load_multiple_choice`, the generic
+:func:`load_text_classification` / :func:`load_arc_jsonl`) into an immutable
 container, then :func:`encode` it with a tokenizer into an
 :class:`~bayes_lora.types.EncodedTask` (:class:`EncodedClassification` or
 :class:`EncodedMultipleChoice`) that yields batches and class logits.
@@ -29,25 +31,43 @@ from bayes_lora.data.loaders import (
 )
 from bayes_lora.data.paths import DATA_DIR_ENV, resolve_data_dir
 from bayes_lora.data.readers import ColumnNotFoundError
+from bayes_lora.data.tasks import (
+    BUILTIN_TASKS,
+    DataError,
+    TaskSpec,
+    as_ood_texts,
+    get_task,
+    load_task,
+    register_task,
+    task_names,
+)
 
 __all__ = [
+    "BUILTIN_TASKS",
     "DATA_DIR_ENV",
     "MC_TASKS",
     "SPLITS",
     "TASKS",
     "ColumnNotFoundError",
+    "DataError",
     "EncodedClassification",
     "EncodedMultipleChoice",
     "MultipleChoiceData",
+    "TaskSpec",
     "TextClassificationData",
+    "as_ood_texts",
     "batch_to",
     "encode",
     "format_prompt",
+    "get_task",
     "load_arc_jsonl",
     "load_multiple_choice",
     "load_sst2",
+    "load_task",
     "load_task_data",
     "load_text_classification",
+    "register_task",
     "resolve_data_dir",
     "subsample_indices",
+    "task_names",
 ]

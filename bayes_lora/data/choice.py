@@ -28,9 +28,10 @@ logger = logging.getLogger(__name__)
 __all__ = ["EncodedMultipleChoice", "format_prompt"]
 
 
-def format_prompt(question: str) -> str:
-    """The prompt that precedes every choice of ``question``."""
-    return f"Question: {question}\nAnswer:"
+def format_prompt(question: str, context: str | None = None) -> str:
+    """The prompt that precedes every choice of ``question`` (after its passage, if any)."""
+    passage = f"{context}\n" if context else ""
+    return f"{passage}Question: {question}\nAnswer:"
 
 
 def _find(haystack: list[int], needle: list[int]) -> int | None:
@@ -140,7 +141,8 @@ class EncodedMultipleChoice(EncodedTaskBase):
         if max_length < 2:
             raise ValueError(f"max_length must be >= 2 to score a choice, got {max_length}")
         n, c = len(data), data.num_choices
-        prompts = _prompt_ids(tokenizer, [format_prompt(q) for q in data.questions])
+        contexts = data.contexts or (None,) * n
+        prompts = _prompt_ids(tokenizer, [format_prompt(q, c) for q, c in zip(data.questions, contexts)])
         answers = [f" {text}" for choices in data.choices for text in choices]
         answer_ids = tokenizer(answers, add_special_tokens=False)["input_ids"]
         sequences, spans, truncated = [], [], 0

@@ -49,16 +49,35 @@ class TextClassificationData:
         The class of every text, each in ``0..num_classes-1``.
     num_classes : int
         Number of classes (at least 2).
+    text_pairs : tuple of str, optional
+        The second text of every example of a text-pair task (given to the tokenizer as a pair).
+    label_names : tuple of str
+        The class names in id order (empty: unnamed).
     """
 
     name: str
     texts: tuple[str, ...]
     labels: tuple[int, ...]
     num_classes: int
+    text_pairs: tuple[str, ...] | None = None
+    label_names: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         where = f"dataset {self.name}"
         object.__setattr__(self, "texts", tuple(str(t) for t in self.texts))
+        object.__setattr__(self, "label_names", tuple(str(n) for n in self.label_names))
+        if self.text_pairs is not None:
+            object.__setattr__(self, "text_pairs", tuple(str(t) for t in self.text_pairs))
+            if len(self.text_pairs) != len(self.texts):
+                raise ValueError(
+                    f"dataset {self.name} has {len(self.texts)} texts but {len(self.text_pairs)} "
+                    "second texts of pairs"
+                )
+        if self.label_names and len(self.label_names) != self.num_classes:
+            raise ValueError(
+                f"dataset {self.name} names {len(self.label_names)} classes but has "
+                f"num_classes = {self.num_classes}"
+            )
         object.__setattr__(self, "labels", _as_int_tuple(self.labels, "label", where))
         if not self.texts:
             raise ValueError(f"dataset {self.name} is empty (it has no texts)")
@@ -92,6 +111,8 @@ class MultipleChoiceData:
         Index of the correct choice of every question, each in ``0..num_choices-1``.
     num_choices : int
         Number of choices per question (at least 2).
+    contexts : tuple of str, optional
+        A passage read before every question (``None``: no passage).
     """
 
     name: str
@@ -99,10 +120,18 @@ class MultipleChoiceData:
     choices: tuple[tuple[str, ...], ...]
     answers: tuple[int, ...]
     num_choices: int
+    contexts: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         where = f"dataset {self.name}"
         object.__setattr__(self, "questions", tuple(str(q) for q in self.questions))
+        if self.contexts is not None:
+            object.__setattr__(self, "contexts", tuple(str(c) for c in self.contexts))
+            if len(self.contexts) != len(self.questions):
+                raise ValueError(
+                    f"dataset {self.name} has {len(self.questions)} questions but "
+                    f"{len(self.contexts)} contexts"
+                )
         object.__setattr__(self, "choices", tuple(tuple(str(c) for c in cs) for cs in self.choices))
         object.__setattr__(self, "answers", _as_int_tuple(self.answers, "answer", where))
         if not self.questions:

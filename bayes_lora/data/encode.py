@@ -46,6 +46,10 @@ class EncodedClassification(EncodedTaskBase):
         Task name.
     num_classes : int
         Number of classes C; :meth:`class_logits` checks the model returns C logits.
+    token_type_ids : LongTensor[N, L], optional
+        Segment ids of text pairs (for models that use them, e.g. BERT); batches carry them.
+    label_names : tuple of str
+        Class names in id order (empty: unnamed).
     """
 
     def __init__(
@@ -56,6 +60,8 @@ class EncodedClassification(EncodedTaskBase):
         *,
         name: str,
         num_classes: int,
+        token_type_ids: Tensor | None = None,
+        label_names: tuple[str, ...] = (),
     ) -> None:
         labels = torch.as_tensor(labels, dtype=torch.long)
         if input_ids.ndim != 2 or input_ids.shape != attention_mask.shape:
@@ -69,26 +75,46 @@ class EncodedClassification(EncodedTaskBase):
             raise ValueError(f"encoded task {name} is empty")
         if int(labels.min()) < 0 or int(labels.max()) >= num_classes:
             raise ValueError(f"labels of task {name} must lie in 0..{num_classes - 1}")
+        if token_type_ids is not None and token_type_ids.shape != input_ids.shape:
+            raise ValueError(
+                f"token_type_ids must be {tuple(input_ids.shape)}, got {tuple(token_type_ids.shape)}"
+            )
         self.name = name
         self.num_classes = int(num_classes)
         self.input_ids = input_ids.long()
         self.attention_mask = attention_mask.long()
+        self.token_type_ids = None if token_type_ids is None else token_type_ids.long()
         self.labels = labels
+        self.label_names = tuple(label_names)
 
     @classmethod
     def from_data(
         cls, data: TextClassificationData, tokenizer: Any, *, max_length: int = 128
     ) -> EncodedClassification:
-        """Tokenise ``data`` (with special tokens, truncated to ``max_length`` tokens)."""
-        ids = tokenizer(list(data.texts), truncation=True, max_length=max_length)["input_ids"]
+        """Tokenise ``data`` (with special tokens, truncated to ``max_length`` tokens).
+
+        Text pairs go to the tokenizer as pairs (its separator between them; the longer text is
+        cut first). Segment ids are kept when the tokenizer returns them for pairs; a single
+        text's are all 0, the models' default, and are left out.
+        """
+        pairs = data.text_pairs
+        args = (list(data.texts),) if pairs is None else (list(data.texts), list(pairs))
+        enc = tokenizer(*args, truncation=True, max_length=max_length)
+        ids = enc["input_ids"]
         empty = [row for row, seq in enumerate(ids) if not seq]
         if empty:
             raise ValueError(
                 f"{len(empty)} texts of {data.name} encode to no tokens (first at row {empty[0]})"
             )
         input_ids, attention_mask = pad_right(ids, pad_token_id(tokenizer))
+        token_type_ids = None
+        if pairs is not None and enc.get("token_type_ids") is not None:
+            token_type_ids, _ = pad_right(enc["token_type_ids"], 0)
+            if not bool(token_type_ids.any()):
+                token_type_ids = None
         labels = torch.tensor(data.labels, dtype=torch.long)
-        return cls(input_ids, attention_mask, labels, name=data.name, num_classes=data.num_classes)
+        return cls(input_ids, attention_mask, labels, name=data.name, num_classes=data.num_classes,
+                   token_type_ids=token_type_ids, label_names=data.label_names)
 
     def __repr__(self) -> str:
         return (
@@ -99,14 +125,10 @@ class EncodedClassification(EncodedTaskBase):
     def _make_batch(self, index: Tensor) -> Batch:
         mask = self.attention_mask[index]
         length = used_length(mask)
-        return {
-            "inputs": {
-                "input_ids": self.input_ids[index, :length],
-                "attention_mask": mask[:, :length],
-            },
-            "labels": self.labels[index],
-            "index": index,
-        }
+        inputs = {"input_ids": self.input_ids[index, :length], "attention_mask": mask[:, :length]}
+        if self.token_type_ids is not None:
+            inputs["token_type_ids"] = self.token_type_ids[index, :length]
+        return {"inputs": inputs, "labels": self.labels[index], "index": index}
 
     def class_logits(self, forward: ForwardFn, batch: Batch) -> Tensor:
         """Run ``forward(**batch["inputs"])`` and return its logits, checked to be [B, C]."""
@@ -131,6 +153,8 @@ class EncodedClassification(EncodedTaskBase):
             self.labels[index],
             name=self.name,
             num_classes=self.num_classes,
+            token_type_ids=None if self.token_type_ids is None else self.token_type_ids[index, :length],
+            label_names=self.label_names,
         )
 
 

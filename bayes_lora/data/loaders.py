@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,17 +27,15 @@ from bayes_lora.data.containers import (
     check_range,
     subsample_indices,
 )
-from bayes_lora.data.paths import resolve_data_dir
 from bayes_lora.data.readers import ColumnNotFoundError, read_table
+from bayes_lora.data.tasks import BUILTIN_TASKS, SPLITS, get_task
 
 logger = logging.getLogger(__name__)
 
-#: Names of the multiple-choice tasks stored in the shared data folder.
-MC_TASKS: tuple[str, ...] = ("arc_easy", "arc_challenge", "openbookqa")
-#: Names of every task :func:`load_task_data` knows.
-TASKS: tuple[str, ...] = ("sst2",) + MC_TASKS
-#: Splits present for every task in the shared data folder.
-SPLITS: tuple[str, ...] = ("train", "dev", "test")
+#: Names of the built-in multiple-choice tasks stored in the shared data folder.
+MC_TASKS: tuple[str, ...] = tuple(n for n, t in BUILTIN_TASKS.items() if t.kind == "multiple_choice")
+#: Names of the built-in tasks (:func:`~bayes_lora.data.tasks.register_task` adds more).
+TASKS: tuple[str, ...] = tuple(BUILTIN_TASKS)
 
 __all__ = [
     "MC_TASKS",
@@ -206,7 +205,7 @@ def load_sst2(
     max_examples: int | None = None,
     seed: int = 0,
 ) -> TextClassificationData:
-    """Load a split of SST-2 (binary sentiment) from ``<data_dir>/sst2/<split>.tsv``.
+    """Load a split of SST-2 (binary sentiment): the built-in task ``"sst2"``.
 
     Parameters
     ----------
@@ -230,55 +229,15 @@ def load_sst2(
     Raises
     ------
     FileNotFoundError
-        If the file is missing and the Hugging Face ``datasets`` fallback is unavailable
+        If the file is missing and the Hugging Face ``datasets`` source is unavailable
         (not installed, ``HF_HUB_OFFLINE=1``, no hub equivalent of the split, or it failed).
     """
     _check_split(split)
-    if isinstance(min_words, _Default):
-        min_words = 5 if split == "train" else 0
-    options = {"num_classes": 2, "min_words": min_words, "max_examples": max_examples, "seed": seed}
-    try:
-        path: Path | None = resolve_data_dir(data_dir) / "sst2" / f"{split}.tsv"
-        reason = f"SST-2 file not found: {path}"
-    except FileNotFoundError as err:
-        path, reason = None, str(err)
-    if path is not None and path.is_file():
-        return load_text_classification(path, name="sst2", **options)
-    texts, labels, source = _sst2_from_hub(split, reason)
-    return _build_text_data("sst2", texts, labels, source=source, **options)
-
-
-def _sst2_from_hub(split: str, reason: str) -> tuple[list[str], list[Any], str]:
-    """Texts and labels of SST-2 from ``datasets.load_dataset("glue", "sst2")``.
-
-    ``train`` maps to GLUE train and ``test`` to GLUE validation (the same 872 sentences as the
-    local ``test.tsv``); the local ``dev`` split has no hub equivalent.
-    """
-    hint = "pass data_dir / --data-dir or set BAYES_LORA_DATA_DIR"
-    if os.environ.get("HF_HUB_OFFLINE") == "1":
-        raise FileNotFoundError(f"{reason} ({hint}); hub fallback disabled by HF_HUB_OFFLINE=1")
-    try:
-        import datasets  # optional dependency: only needed for the fallback
-    except ImportError:
-        raise FileNotFoundError(
-            f"{reason} ({hint}); the hub fallback needs the `datasets` package"
-        ) from None
-    hub_split = {"train": "train", "test": "validation"}.get(split)
-    if hub_split is None:
-        raise FileNotFoundError(
-            f"{reason} ({hint}); split {split!r} is a local re-division of GLUE train and "
-            "has no hub equivalent"
-        )
-    try:
-        ds = datasets.load_dataset("glue", "sst2", split=hub_split)
-        texts, labels = [str(t) for t in ds["sentence"]], list(ds["label"])
-    except Exception as err:  # any hub / network / format failure becomes a clear FileNotFoundError
-        raise FileNotFoundError(
-            f"{reason} ({hint}); the fallback datasets.load_dataset('glue', 'sst2') failed: "
-            f"{type(err).__name__}: {err}"
-        ) from err
-    logger.info("SST-2 %s loaded from the hub (glue/sst2 %s)", split, hub_split)
-    return texts, labels, f"glue/sst2[{hub_split}]"
+    words = None if isinstance(min_words, _Default) else min_words
+    data = get_task("sst2").load(split, data_dir=data_dir, min_words=words,
+                                 max_examples=max_examples, seed=seed)
+    assert isinstance(data, TextClassificationData)
+    return data
 
 
 def load_multiple_choice(
@@ -290,29 +249,29 @@ def load_multiple_choice(
     seed: int = 0,
     num_choices: int = 4,
 ) -> MultipleChoiceData:
-    """Load ``<data_dir>/<name>/<split>.jsonl`` for a task in :data:`MC_TASKS`.
-
-    See :func:`load_arc_jsonl` for the parameters; ``data_dir`` is resolved with
-    :func:`~bayes_lora.data.paths.resolve_data_dir`.
-    """
-    if name not in MC_TASKS:
-        raise ValueError(f"unknown multiple-choice task {name!r}; known: {', '.join(MC_TASKS)}")
+    """Load a split of a registered multiple-choice task (:data:`MC_TASKS` and any registered
+    with :func:`~bayes_lora.data.tasks.register_task`), keeping questions with ``num_choices``
+    choices."""
+    spec = get_task(name) if name in BUILTIN_TASKS else None
+    if spec is None or spec.kind != "multiple_choice":
+        known = [n for n, t in BUILTIN_TASKS.items() if t.kind == "multiple_choice"]
+        raise ValueError(f"unknown multiple-choice task {name!r}; known: {', '.join(known)}")
     _check_split(split)
-    path = resolve_data_dir(data_dir) / name / f"{split}.jsonl"
-    return load_arc_jsonl(
-        path, name=name, max_examples=max_examples, seed=seed, num_choices=num_choices
-    )
+    data = replace(spec, num_choices=num_choices).load(split, data_dir=data_dir,
+                                                       max_examples=max_examples, seed=seed)
+    assert isinstance(data, MultipleChoiceData)
+    return data
 
 
 def load_task_data(
     name: str, split: str = "train", **kwargs: Any
 ) -> TextClassificationData | MultipleChoiceData:
-    """Load a known task by name: ``"sst2"`` or one of :data:`MC_TASKS`.
+    """Load a registered task by name (:func:`~bayes_lora.data.tasks.task_names`).
 
-    Keyword arguments go to :func:`load_sst2` or :func:`load_multiple_choice`.
+    Keyword arguments go to :meth:`TaskSpec.load <bayes_lora.data.tasks.TaskSpec.load>`;
+    ``num_choices`` (multiple choice) keeps only questions with that many choices.
     """
-    if name == "sst2":
-        return load_sst2(split, **kwargs)
-    if name in MC_TASKS:
-        return load_multiple_choice(name, split, **kwargs)
-    raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}")
+    spec = get_task(name)
+    if "num_choices" in kwargs:
+        spec = replace(spec, num_choices=kwargs.pop("num_choices"))
+    return spec.load(split, **kwargs)

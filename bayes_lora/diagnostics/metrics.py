@@ -28,8 +28,10 @@ __all__ = [
     "brier",
     "ece",
     "entropy",
+    "matthews_corrcoef",
     "nll",
     "ood_auroc",
+    "per_class_accuracy",
     "predictive_mean",
     "reliability_bins",
     "risk_coverage",
@@ -255,6 +257,53 @@ def accuracy(probs: Any, labels: Any) -> float:
     """
     _, pbar, y = _prepare(probs, labels)
     return _accuracy(pbar, y)
+
+
+def _confusion(pbar: Tensor, y: Tensor) -> Tensor:
+    """Counts [C, C]: row = true class, column = predicted class (argmax of p̄)."""
+    c = pbar.shape[-1]
+    flat = y * c + pbar.argmax(-1)
+    return torch.bincount(flat, minlength=c * c).reshape(c, c).double()
+
+
+def _mcc(pbar: Tensor, y: Tensor) -> float:
+    m = _confusion(pbar, y)
+    s, correct = m.sum(), m.diagonal().sum()
+    t, p = m.sum(1), m.sum(0)  # true and predicted counts per class
+    num = correct * s - (t * p).sum()
+    den = ((s * s - (p * p).sum()) * (s * s - (t * t).sum())).sqrt()
+    return float(num / den) if den > 0 else 0.0
+
+
+def matthews_corrcoef(probs: Any, labels: Any) -> float:
+    r"""Matthews correlation coefficient of the model average's top-1 predictions (CoLA's metric).
+
+    The multi-class form (Gorodkin 2004) from the confusion matrix :math:`M` (rows true,
+    columns predicted), :math:`s = \sum M`, :math:`c = \operatorname{tr} M`, true counts
+    :math:`t_k` and predicted counts :math:`p_k`:
+
+    .. math:: \mathrm{MCC} = \frac{c s - \sum_k p_k t_k}
+              {\sqrt{(s^2 - \sum_k p_k^2)(s^2 - \sum_k t_k^2)}}
+
+    It is the Pearson correlation of the one-hot truth and prediction; for two classes it equals
+    ``(TP·TN − FP·FN) / sqrt((TP+FP)(TP+FN)(TN+FP)(TN+FN))``. A constant prediction (zero
+    denominator) gives 0, as scikit-learn does.
+
+    Returns
+    -------
+    float in [-1, 1]
+    """
+    _, pbar, y = _prepare(probs, labels)
+    return _mcc(pbar, y)
+
+
+def per_class_accuracy(probs: Any, labels: Any) -> list[float | None]:
+    """The accuracy (recall) of the model average on the examples of each true class, in class
+    order; ``None`` for a class with no example."""
+    _, pbar, y = _prepare(probs, labels)
+    m = _confusion(pbar, y)
+    rows = m.sum(1)
+    return [float(m[k, k] / rows[k]) if rows[k] > 0 else None for k in range(m.shape[0])]
 
 
 def nll(probs: Any, labels: Any) -> float:

@@ -29,7 +29,8 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run a config's staged pipeline (re-runs skip finished stages)")
     r.add_argument("config", nargs="?", default=None, help="TOML config (default: the embedded default)")
     r.add_argument("--out", default=None, help="output folder (default: runs/<config name>)")
-    r.add_argument("--data-dir", default=None, help="folder holding sst2/, arc_easy/, ... (default: "
+    r.add_argument("--data-dir", default=None, help="the data folder: the built-in tasks' files (sst2/, rte/, "
+                   "cola/, arc_easy/, ...) and the start of a [data.task]'s relative paths (default: "
                    "$BAYES_LORA_DATA_DIR or ../shared/data)")
     r.add_argument("--smoke", action="store_true", help="the same stages at toy sizes (seconds)")
     r.add_argument("--quiet", action="store_true", help="no progress bars")

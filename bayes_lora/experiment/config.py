@@ -23,8 +23,10 @@ from typing import Any, ClassVar, get_args, get_origin, get_type_hints
 
 import tomllib
 
-TASKS = ("sst2", "arc_easy", "arc_challenge", "openbookqa")
-SPLITS = ("train", "dev", "test")
+from ..data.tasks import SPLITS, TaskSpec, get_task, task_names
+
+#: the registered task names (a config may also describe a task by its files: a [data.task] table)
+TASKS = task_names()
 
 
 class ConfigError(ValueError):
@@ -134,7 +136,8 @@ def build(cls, data: Mapping[str, Any] | None, where: str):
 # --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str = _spec(default="all-MiniLM-L6-v2", doc="a name in KNOWN_MODELS or a local folder")
+    name: str = _spec(default="all-MiniLM-L6-v2", doc="a local folder, a Hugging Face hub id in the local cache, or a "
+                                                      "name in KNOWN_MODELS (nothing is downloaded)")
     kind: str = _spec(default="classifier", choices=("classifier", "causal_lm"))
     max_length: int = _spec(default=64, ge=8, le=4096)
 
@@ -144,21 +147,56 @@ class LoraConfig:
     r: int = _spec(default=8, ge=1, le=1024)
     alpha: float = _spec(default=16.0, gt=0)
     dropout: float = _spec(default=0.0, ge=0, lt=1)
-    target_modules: tuple[str, ...] = _spec(default=("query", "value"), nonempty=True)
+    target_modules: tuple[str, ...] = _spec(default=(), doc="the modules to adapt; empty = peft's default for the "
+                                            "model's architecture (BERT: query, value; Llama: q_proj, v_proj; …)")
     layers: tuple[int, ...] = _spec(default=(), ge=0, doc="adapted layers; empty = all")
     train_head: bool = _spec(default=True)
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    task: str = _spec(default="sst2", choices=TASKS)
+    """The task and its splits. ``task`` and ``ood_task`` are a registered name or a task
+    description (a :class:`~bayes_lora.data.tasks.TaskSpec`, or its table in the config)."""
+
+    # _spec returns a dataclasses.field (ruff cannot see it): noqa RUF009
+    task: str | TaskSpec = _spec(default="sst2", doc="a registered task name or a [data.task] table")  # noqa: RUF009
     train_examples: int = _spec(default=2000, ge=1)
     test_split: str = _spec(default="test", choices=SPLITS)
     test_examples: int = _spec(default=0, ge=0, doc="0 = the whole split")
-    min_words: int = _spec(default=5, ge=0, doc="SST-2 only: keep sentences of at least this many words")
-    ood_task: str = _spec(default="", choices=("",) + TASKS, doc="'' = no OOD evaluation")
+    min_words: int | None = _spec(default=None, ge=0, doc="keep training texts of at least this many words; "
+                                  "unset: the task's own min_words (sst2: 5)")
+    ood_task: str | TaskSpec = _spec(  # noqa: RUF009
+        default="", doc="'' = no OOD evaluation; a task name or a [data.ood_task] table (kind = \"texts\" for a "
+                        "file of unlabelled texts)")
     ood_split: str = _spec(default="test", choices=SPLITS)
     ood_examples: int = _spec(default=0, ge=0)
+
+    def __post_init__(self) -> None:
+        for key in ("task", "ood_task"):
+            value = getattr(self, key)
+            if key == "ood_task" and value == "":
+                continue
+            if not isinstance(value, (str, Mapping, TaskSpec)):
+                raise ConfigError(f"data.{key} must be a task name or a table describing the task, got {value!r}")
+            try:
+                spec = get_task(value)
+            except (TypeError, ValueError) as e:
+                raise ConfigError(f"data.{key}: {e}") from None
+            if not isinstance(value, str):
+                object.__setattr__(self, key, spec)
+
+    @property
+    def task_spec(self) -> TaskSpec:
+        """The task's description (a registered one for a name)."""
+        return get_task(self.task)
+
+    @property
+    def ood_spec(self) -> TaskSpec | None:
+        return get_task(self.ood_task) if self.ood_task != "" else None
+
+    def task_name(self, key: str = "task") -> str | None:
+        value = getattr(self, key)
+        return value.name if isinstance(value, TaskSpec) else (value or None)
 
 
 @dataclass(frozen=True)
@@ -326,15 +364,24 @@ class ExperimentConfig:
             if m.method == "ensemble" and int(m.options.get("members", a.count) or a.count) > a.count:
                 raise ConfigError(f"methods.{m.label}.members = {m.options['members']} but only "
                                   f"anchors.count = {a.count} anchors are trained")
-        if self.model.kind == "causal_lm" and self.data.task == "sst2":
-            raise ConfigError("model.kind = 'causal_lm' scores multiple-choice tasks; data.task = 'sst2' needs "
-                              "model.kind = 'classifier'")
-        if self.data.ood_task and (self.data.ood_task == "sst2" or self.model.kind == "classifier"):
-            raise ConfigError("data.ood_task must be a multiple-choice task scored by the same causal LM "
-                              f"(model.kind = 'causal_lm'); got data.ood_task = {self.data.ood_task!r} with "
-                              f"model.kind = {self.model.kind!r}")
-        if self.model.kind == "classifier" and self.data.task != "sst2":
-            raise ConfigError(f"data.task = {self.data.task!r} is multiple choice: set model.kind = 'causal_lm'")
+        d = self.data
+        task, ood = d.task_spec, d.ood_spec
+        if task.kind == "texts":
+            raise ConfigError(f"data.task = {task.name!r} is kind = 'texts' (unlabelled): a task to fit needs "
+                              "labels (kind = 'classification' or 'multiple_choice'); use it as data.ood_task")
+        if self.model.kind == "causal_lm" and task.kind != "multiple_choice":
+            raise ConfigError(f"model.kind = 'causal_lm' scores multiple-choice tasks; data.task = {task.name!r} "
+                              f"is {task.kind}: set model.kind = 'classifier'")
+        if self.model.kind == "classifier" and task.kind != "classification":
+            raise ConfigError(f"data.task = {task.name!r} is multiple choice: set model.kind = 'causal_lm'")
+        if ood is not None and self.model.kind == "causal_lm" and ood.kind != "multiple_choice":
+            raise ConfigError("data.ood_task of a causal LM must be a multiple-choice task scored by the same LM; "
+                              f"got data.ood_task = {ood.name!r} ({ood.kind})")
+        for key, spec, split in (("task", task, "train"), ("task", task, d.test_split),
+                                 ("ood_task", ood, d.ood_split)):
+            if spec is not None and not spec.has_split(split):
+                raise ConfigError(f"data.{key} = {spec.name!r} has no {split} split: set its {split} file"
+                                  + (f" or data.{'test' if key == 'task' else 'ood'}_split" if split != "train" else ""))
 
     # ----------------------------------------------------------------------------------------
     @property
@@ -348,7 +395,8 @@ class ExperimentConfig:
     def to_dict(self) -> dict:
         d = {"seed": self.seed, "name": self.name}
         for name in self.TABLES:
-            d[name] = _plain(asdict(getattr(self, name)))
+            table = getattr(self, name)
+            d[name] = _plain({f.name: _value(getattr(table, f.name)) for f in fields(table)})
         d["posterior"] = _plain(self.posterior)
         d["methods"] = {label: {"method": m.method, **_plain(m.options)} for label, m in self.methods.items()}
         return d
@@ -375,6 +423,13 @@ def _select(d: Mapping, dotted: str):
     for part in dotted.split("."):
         cur = cur.get(part) if isinstance(cur, Mapping) else None
     return cur
+
+
+def _value(v):
+    """A table's field as plain data (a task description as the keys the user set)."""
+    if isinstance(v, TaskSpec):
+        return v.to_dict()
+    return asdict(v) if hasattr(v, "__dataclass_fields__") else v
 
 
 def _plain(obj):
@@ -416,7 +471,8 @@ def dump_toml(d: Mapping[str, Any]) -> str:
         raise TypeError(f"cannot write {type(v).__name__} to TOML")
 
     def table(prefix: str, t: Mapping[str, Any]) -> list[str]:
-        lines = [f"{k} = {scalar(v)}" for k, v in t.items() if not isinstance(v, Mapping)]
+        # TOML has no null: a None is left out (the key's default)
+        lines = [f"{k} = {scalar(v)}" for k, v in t.items() if not isinstance(v, Mapping) and v is not None]
         out = ([f"[{prefix}]"] if prefix else []) + lines
         for k, v in t.items():
             if isinstance(v, Mapping):

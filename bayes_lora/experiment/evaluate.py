@@ -12,8 +12,8 @@ from torch import Tensor
 from ..diagnostics import metrics as M
 from ..types import EncodedTask, Prediction
 
-#: the metric columns every evaluation reports, in table order
-METRICS = ("accuracy", "nll", "ece", "brier", "entropy", "aleatoric", "mutual_information", "aurc")
+#: the metric columns every evaluation reports, in table order ("mcc": classification tasks only)
+METRICS = ("accuracy", "mcc", "nll", "ece", "brier", "entropy", "aleatoric", "mutual_information", "aurc")
 
 
 @dataclass
@@ -39,7 +39,9 @@ def evaluate(
 
     ``metrics`` holds :data:`METRICS`, ``fit_seconds``, ``predict_seconds``, ``num_samples``
     and, with an OOD task, ``ood_auroc`` (mutual information as the score) and
-    ``ood_auroc_entropy`` (predictive entropy as the score).
+    ``ood_auroc_entropy`` (predictive entropy as the score). For a classification task it
+    also holds ``mcc`` (Matthews correlation) and ``per_class_accuracy`` (a list in class
+    order); the choices of a multiple-choice question are no classes, so it has neither.
     """
     atoms = getattr(posterior, "num_atoms", None)
     if atoms:  # a finite posterior: its atoms are the exact predictive (more would repeat them)
@@ -48,7 +50,10 @@ def evaluate(
     pred = posterior.predict(test, num_samples=num_samples, seed=seed, batch_size=batch_size)
     seconds = time.perf_counter() - start
     _check_prediction(pred, test, posterior)
-    out = {k: float(v) for k, v in M.summarize(pred.probs, pred.labels).items()}
+    out: dict[str, Any] = {k: float(v) for k, v in M.summarize(pred.probs, pred.labels).items()}
+    if not _is_multiple_choice(test):
+        out["mcc"] = M.matthews_corrcoef(pred.probs, pred.labels)
+        out["per_class_accuracy"] = M.per_class_accuracy(pred.probs, pred.labels)
     out["fit_seconds"] = float(posterior.info.seconds)
     out["predict_seconds"] = seconds
     out["num_samples"] = int(pred.probs.shape[0])
@@ -61,6 +66,17 @@ def evaluate(
         out["ood_auroc"] = M.ood_auroc(mi_in, mi_out)
         out["ood_auroc_entropy"] = M.ood_auroc(h_in, h_out)
     return Evaluation(pred, out, ood_pred)
+
+
+def _is_multiple_choice(task) -> bool:
+    """Whether ``task`` (or the task a cache wraps) scores the choices of questions."""
+    from ..data.choice import EncodedMultipleChoice
+
+    while task is not None:
+        if isinstance(task, EncodedMultipleChoice):
+            return True
+        task = getattr(task, "task", None)
+    return False
 
 
 def _check_prediction(pred: Prediction, task: EncodedTask, posterior) -> None:

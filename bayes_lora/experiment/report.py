@@ -13,7 +13,7 @@ from ..lora.io import atomic_write_bytes, atomic_write_json
 from .evaluate import METRICS
 
 #: columns of results.csv and of the report's table, in order
-COLUMNS = (*METRICS, "ood_auroc", "fit_seconds", "predict_seconds", "num_samples")
+COLUMNS = (*METRICS, "ood_auroc", "ood_auroc_entropy", "fit_seconds", "predict_seconds", "num_samples")
 
 
 def results_table(results: dict) -> list[dict[str, Any]]:
@@ -31,7 +31,8 @@ def to_csv(rows: list[dict]) -> bytes:
 
 
 def markdown_table(rows: list[dict], extra: tuple[str, ...] = ()) -> str:
-    cols = ["accuracy", "nll", "ece", "brier", "mutual_information", "aurc", *extra, "fit_seconds", "predict_seconds"]
+    cols = ["accuracy", "mcc", "nll", "ece", "brier", "mutual_information", "aurc", *extra, "fit_seconds",
+            "predict_seconds"]
     cols = [c for c in cols if any(r.get(c) is not None for r in rows)]
     head = "| method | " + " | ".join(cols) + " |\n|---|" + "---:|" * len(cols) + "\n"
     body = ""
@@ -114,15 +115,27 @@ def _figures(runner, results: dict) -> list[tuple[str, str]]:
 
 
 def _markdown(runner, results: dict, rows: list[dict], figures: list[tuple[str, str]]) -> str:
-    extra = ("ood_auroc",) if results.get("ood_task") else ()
+    extra = ("ood_auroc", "ood_auroc_entropy") if results.get("ood_task") else ()
+    names = results.get("label_names") or []
     lines = [f"# bayes_lora run: {results['name']}", "",
              f"Model **{results['model']}** on **{results['task']}**"
              + (f" (OOD: {results['ood_task']})" if results.get("ood_task") else "")
              + f"; {results['data'].get('train_examples')} training and {results['data'].get('test_examples')} test "
              f"examples; config hash `{results['config_hash']}`" + (" — **smoke run**" if results.get("smoke") else "")
-             + ".", "", "## Methods", "", markdown_table(rows, extra),
-             ("ECE in percent (15 bins); NLL in nats; mutual information = epistemic part of the predictive "
-              "entropy; AURC = area under the risk–coverage curve (lower is better)."), ""]
+             + "." + (f" Classes: {', '.join(f'{i} = {n}' for i, n in enumerate(names))}." if names else ""),
+             "", "## Methods", "", markdown_table(rows, extra),
+             ("ECE in percent (15 bins); NLL in nats; MCC = Matthews correlation; mutual information = epistemic "
+              "part of the predictive entropy; AURC = area under the risk–coverage curve (lower is better)"
+              + ("; OOD AUROC by mutual information and by predictive entropy" if extra else "") + "."), ""]
+    per_class = {k: m["per_class_accuracy"] for k, m in results["methods"].items() if m.get("per_class_accuracy")}
+    if per_class and len(next(iter(per_class.values()))) > 2:
+        width = len(next(iter(per_class.values())))
+        heads = [names[i] if i < len(names) else str(i) for i in range(width)]
+        lines += ["## Accuracy per class", "", "| method | " + " | ".join(heads) + " |",
+                  "|---|" + "---:|" * width]
+        for k, accs in per_class.items():
+            lines.append(f"| {k} | " + " | ".join("–" if a is None else f"{a:.4f}" for a in accs) + " |")
+        lines.append("")
     mcmc = {k: m for k, m in results["methods"].items() if "r_hat" in m}
     if mcmc:
         lines += ["## MCMC diagnostics of the curve position t", "",

@@ -27,8 +27,9 @@ from .stages import StageRecord, StageStore
 
 #: bumped when a stage's computation or files change meaning, so older stage folders are recomputed
 #: (3: the first-token last layer of BERT suffixes, the exact evidence prior, the dev-chosen VI defaults;
-#: 4: the curve posteriors' predictive draws stratified by t)
-STAGES_FORMAT = 4
+#: 4: the curve posteriors' predictive draws stratified by t; 5: tasks loaded from their description, Matthews
+#: correlation and per-class accuracy in every evaluation)
+STAGES_FORMAT = 5
 
 
 @dataclass
@@ -97,7 +98,7 @@ class Runner:
     # ------------------------------------------------------------------ prepare ------------
     def prepare(self) -> Prepared:
         """Load data and model and check everything checkable; no training yet."""
-        from ..data import encode, load_task_data
+        from ..data import as_ood_texts, encode
         from ..lora.backbone import LoraSettings, load_backbone
         from ..lora.params import FunctionalModel
 
@@ -105,16 +106,19 @@ class Runner:
         if c.runtime.threads:
             torch.set_num_threads(c.runtime.threads)
         d = c.data
+        spec = d.task_spec
         kw = {"data_dir": self.data_dir, "seed": c.seed}
-        sst = {"min_words": d.min_words} if d.task == "sst2" else {}
-        train = load_task_data(d.task, "train", max_examples=d.train_examples, **kw, **sst)
+        # class ids come from the training split's labels (or the spec's labels), read once
+        classes = spec.classes(self.data_dir) if spec.kind == "classification" else None
+        train = spec.load("train", max_examples=d.train_examples, min_words=d.min_words, classes=classes, **kw)
         # min_words selects sentence-level *training* data; the test split is used whole
-        test = load_task_data(d.task, d.test_split, max_examples=d.test_examples or None, **kw,
-                              **({"min_words": 0} if sst else {}))
+        test = spec.load(d.test_split, max_examples=d.test_examples or None, min_words=0, classes=classes, **kw)
         ood = None
-        if d.ood_task:
-            ood_sst = {"min_words": d.min_words} if d.ood_task == "sst2" else {}
-            ood = load_task_data(d.ood_task, d.ood_split, max_examples=d.ood_examples or None, **kw, **ood_sst)
+        if d.ood_spec is not None:
+            ospec = d.ood_spec
+            ood = ospec.load(d.ood_split, max_examples=d.ood_examples or None, min_words=0, **kw)
+            if c.model.kind == "classifier":  # a classifier scores texts: any task's inputs will do
+                ood = as_ood_texts(ood, train.num_classes, name=ospec.name)
         lora = LoraSettings(r=c.lora.r, alpha=c.lora.alpha, dropout=c.lora.dropout,
                             target_modules=tuple(c.lora.target_modules), train_head=c.lora.train_head,
                             layers=tuple(c.lora.layers) or None)
@@ -127,7 +131,10 @@ class Runner:
         if c.runtime.prefix_cache:
             fm, tr, te, oo = self._prefix_cache(fm, tr, te, oo)
         info = {"train_examples": len(tr), "test_examples": len(te), "ood_examples": 0 if oo is None else len(oo),
-                "lora_numbers": int(fm.layout.dim)}
+                "lora_numbers": int(fm.layout.dim), "task": spec.to_dict(),
+                "label_names": list(classes) if classes is not None else None}
+        if d.ood_spec is not None:
+            info["ood_task"] = d.ood_spec.to_dict()
         self.prep = Prepared(c, bb, fm, tr, te, oo, info)
         return self.prep
 
@@ -392,8 +399,9 @@ class Runner:
             "config_hash": self.cfg.digest(),
             "name": self.cfg.name,
             "model": self.cfg.model.name,
-            "task": self.cfg.data.task,
-            "ood_task": self.cfg.data.ood_task or None,
+            "task": self.cfg.data.task_name(),
+            "ood_task": self.cfg.data.task_name("ood_task"),
+            "label_names": self.prep.data_info.get("label_names"),
             "smoke": self.smoke,
             "data": self.prep.data_info,
             "methods": methods,

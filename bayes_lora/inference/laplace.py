@@ -463,11 +463,6 @@ def fit_laplace(
     n, n_total = len(train), len(ctx.train)
     per_example = can_fold(fm)  # our per-example GGN backend, else laplace-torch's jacrev one
     if structure is HessianStructure.LOWRANK:
-        if not per_example:
-            raise ValueError(
-                "laplace: hessian='lowrank' takes the GGN's rows from per-example adapters, and this "
-                "model's θ is not made of nn.Linear weights; use hessian='diag' or 'full'"
-            )
         if not isinstance(prior, str) and prior <= 0:
             raise ValueError("laplace: hessian='lowrank' needs a prior precision > 0 (or 'marglik')")
         rows = n * (train.num_classes - 1)
@@ -525,7 +520,10 @@ def fit_laplace(
         with _trainable_at(fm, param_space.to_theta(mean), free):
             out = run(ModelNet(fm.model, train), CurvlinopsGGN)
     else:
-        out = run(LatentNet(fm, param_space, train, mean), per_example_ggn_backend() if per_example else GGNInterface)
+        # the low-rank GGN's rows come from our backend; for a model that cannot fold per-example
+        # adapters it computes them one example at a time (same rows, slower)
+        ours = per_example or structure is HessianStructure.LOWRANK
+        out = run(LatentNet(fm, param_space, train, mean), per_example_ggn_backend() if ours else GGNInterface)
     factor, jitter, lml, prior_prec, fit_s, prior_s = out
 
     options = {

@@ -15,13 +15,20 @@ How it works
 ------------
 * The suffix model (:mod:`bayes_lora.lora.suffix`, re-exported here) is a shallow copy of the
   module path from the root to the layer list with the layers ``< L`` passing their hidden input
-  through and a BERT-style ``embeddings`` module returning ``inputs_embeds`` unchanged; the
-  original model is not modified.
+  through and what the base model adds to ``inputs_embeds`` switched off (a BERT-style
+  ``embeddings`` module, GPT-2's learned positions, DeBERTa-v2's convolution after layer 0); the
+  original model is not modified. Position terms computed inside the layer stack from the
+  sequence length (MPNet's relative position bias, rotary positions) are recomputed by the
+  suffix exactly as in the full model, the cached states being sliced to the batch's length.
 * A :class:`CachedTask` batch is the wrapped task's batch with ``inputs_embeds`` (the cached
   hidden states, sliced to the batch's dynamic length) added to ``batch["inputs"]``; the token
   ids stay there, because the wrapped task's ``class_logits`` scores with them (multiple
-  choice). The suffix model's root drops ``input_ids`` whenever ``inputs_embeds`` is given. The
-  full model refuses such a batch (``exactly one of input_ids or inputs_embeds``).
+  choice) and a decoder classifier's head finds the last token that is not padding with them.
+  The suffix's base model drops ``input_ids`` whenever ``inputs_embeds`` is given. The full
+  model refuses such a batch (``exactly one of input_ids or inputs_embeds``).
+* :func:`with_prefix_cache` checks the suffix against the full model and, for an architecture
+  whose additions to ``inputs_embeds`` it does not know (OPT's positions, say), runs uncached
+  with the reason logged.
 * Attention masks and positions are rebuilt by the model from ``attention_mask`` exactly as in
   the full forward. Hidden states are computed per example at its own length; positions past it
   (padding, masked out of every attention) hold zeros, so raw outputs *at padding positions*
@@ -32,6 +39,7 @@ How it works
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,6 +62,8 @@ from .suffix import (
     suffix_functional_model,
     suffix_model,
 )
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -432,39 +442,57 @@ def with_prefix_cache(
     cache_dir: str | Path | None = None,
     verify: bool = True,
 ) -> tuple:
-    """``(suffix_fm, *cached_tasks)`` for ``fm`` and ``tasks``, or ``(fm, *tasks)`` unchanged when
-    every layer is adapted (first adapted layer 0 or None).
+    """``(suffix_fm, *cached_tasks)`` for ``fm`` and ``tasks``, or ``(fm, *tasks)`` unchanged, with
+    the reason logged, when the cache cannot be used: every layer is adapted (first adapted layer
+    0 or None), θ is not in one stack of numbered layers, or the suffix model does not reproduce
+    the full model (an architecture adding to ``inputs_embeds`` in a way :mod:`.suffix` does not
+    switch off) — the results are then the full model's, only slower.
 
     ``max_bytes`` bounds the caches of all ``tasks`` together (checked before anything is
-    computed). With ``cache_dir``, a cache whose key matches is loaded from
-    ``<cache_dir>/<name>-<key>.safetensors`` and new ones are saved there. ``verify`` compares
-    the suffix path with the full model on two examples at a perturbed θ (a clear error for an
-    architecture whose embeddings this module does not know how to skip).
+    computed; a ValueError naming the size, since the fix is the caller's). With ``cache_dir``,
+    a cache whose key matches is loaded from ``<cache_dir>/<name>-<key>.safetensors`` and new
+    ones are saved there. ``verify`` compares the suffix path with the full model on two
+    examples at a perturbed θ.
     """
     layer = first_adapted_layer(fm.layout)
     if layer is None or layer == 0:
+        logger.info("prefix cache off: %s", "θ holds no tensor of a numbered layer" if layer is None
+                    else "the first layer (or the embeddings) is adapted, there is no frozen prefix")
         return (fm, *tasks)
-    suffix = suffix_functional_model(fm, layer)
+    try:
+        suffix = suffix_functional_model(fm, layer)
+    except (ValueError, TypeError, RuntimeError) as e:
+        logger.warning("prefix cache off for %s: no suffix model from layer %d (%s)", _model_name(fm), layer, e)
+        return (fm, *tasks)
     model_key = model_digest(fm.model, layer, layout=fm.layout)
     total = sum(cache_bytes(t, fm.model) for t in tasks)
     _check_bytes(total, max_bytes, f"{len(tasks)} task(s) " + ", ".join(t.name for t in tasks))
 
     cached = []
-    for task in tasks:
-        done = None
+    for i, task in enumerate(tasks):
+        done, path = None, None
         if cache_dir is not None:
             path = Path(cache_dir) / f"{task.name}-{_combine(model_key, layer, task_digest(task))}.safetensors"
             if path.exists():
-                done = CachedTask.load(path, task, fm, layer=layer, model_key=model_key)
+                done, path = CachedTask.load(path, task, fm, layer=layer, model_key=model_key), None
         if done is None:
             done = CachedTask.build(task, fm, layer=layer, batch_size=batch_size, max_bytes=max_bytes,
                                     model_key=model_key)
-            if cache_dir is not None:
-                done.save(path)
+        if verify and i == 0:  # before any cache lands on disk
+            try:
+                check_suffix(fm, suffix, task, done)
+            except ValueError as e:
+                logger.warning("prefix cache off: %s", e)
+                return (fm, *tasks)
+        if path is not None:
+            done.save(path)
         cached.append(done)
-    if verify and tasks:
-        check_suffix(fm, suffix, tasks[0], cached[0])
     return (suffix, *cached)
+
+
+def _model_name(fm: FunctionalModel) -> str:
+    model = fm.model.get_base_model() if hasattr(fm.model, "get_base_model") else fm.model
+    return type(model).__name__
 
 
 def check_suffix(fm: FunctionalModel, suffix: FunctionalModel, task, cached: CachedTask,
@@ -488,7 +516,6 @@ def check_suffix(fm: FunctionalModel, suffix: FunctionalModel, task, cached: Cac
     if not math.isfinite(diff) or diff > atol:
         raise ValueError(
             f"the cached-prefix model disagrees with the full model by {diff:.3g} (> {atol}); "
-            f"{type(fm.model.get_base_model() if hasattr(fm.model, 'get_base_model') else fm.model).__name__} "
-            "is probably an architecture whose embeddings the prefix cache cannot skip"
+            f"{_model_name(fm)} is probably an architecture whose embeddings the prefix cache cannot skip"
         )
     return diff

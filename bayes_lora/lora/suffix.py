@@ -4,11 +4,27 @@ entering L (the model side of :mod:`bayes_lora.lora.prefix`'s frozen-prefix cach
 * :func:`first_adapted_layer` / :func:`layers_path`: where θ's tensors sit in the layer stack.
 * :func:`suffix_model`: a shallow copy of the module path from the root to the layer list in which
   the layers ``< L`` are pass-through modules returning their hidden input as the real layer
-  returns its output, and a BERT-style ``embeddings`` module (which would add position /
-  token-type embeddings and a LayerNorm to ``inputs_embeds``) returns ``inputs_embeds`` unchanged.
-  Llama-style models take ``inputs_embeds`` natively. Every parameter is shared with the full
-  model under its own name, so θ and its layout work unchanged; the original model is not
-  modified. The root drops ``input_ids`` whenever ``inputs_embeds`` is given.
+  returns its output, and whatever the base model adds to ``inputs_embeds`` before the first
+  layer is switched off:
+
+  - a BERT-style ``embeddings`` module (BERT, RoBERTa, DistilBERT, DeBERTa: position /
+    token-type embeddings, a LayerNorm, a mask) returns ``inputs_embeds`` unchanged;
+  - GPT-2's learned positions (``wpe``, added to ``inputs_embeds`` inside ``GPT2Model``) add zero;
+  - DeBERTa-v2's convolution after layer 0 (``encoder.conv``, a skipped layer's output here)
+    hands the cached states on unchanged;
+  - Llama / Qwen2 compute rotary positions from position ids, not from the embeddings, and take
+    ``inputs_embeds`` natively;
+  - MPNet's ``embeddings`` (learned absolute positions counted from the token ids) is a
+    BERT-style one; its relative position bias is computed inside ``MPNetEncoder.forward`` from
+    the hidden states' length alone (positions 0 … T − 1, the same bias for every row), so the
+    suffix's encoder recomputes exactly the full model's bias from the cached states of a batch
+    (sliced to the batch's length) — nothing to switch off.
+
+  Every parameter outside those modules is shared with the full model under its own name, so θ
+  and its layout work unchanged; the original model is not modified. The base model (the
+  module owning the token embeddings) drops ``input_ids`` whenever ``inputs_embeds`` is given;
+  the modules above it still see the token ids, which the decoder classifiers (GPT-2, Llama,
+  Qwen2) need to find the last token that is not padding.
   When the head reads the first token only (BERT's sequence classifier: pooler on token 0), the
   last layer computes token 0's row only (:func:`first_token_layer`): its keys and values still
   come from every token, its query, attention output and feed-forward from token 0 alone — the
@@ -20,6 +36,7 @@ entering L (the model side of :mod:`bayes_lora.lora.prefix`'s frozen-prefix cach
 from __future__ import annotations
 
 import copy
+import inspect
 import re
 import types
 from typing import Any
@@ -38,8 +55,10 @@ __all__ = [
     "suffix_model",
 ]
 
-_LAYER_RE = re.compile(r"(?:^|\.)(layers?)\.(\d+)(?:\.|$)")
-_EMBEDDING_HINTS = ("embeddings.", "embed_tokens.", "wte.", "wpe.", "lora_embedding_")
+# the first numbered segment of a parameter name: ``<path of the layer list>.<index>.``
+# (``encoder.layer.3.``, ``model.layers.3.``, ``transformer.h.3.``)
+_LAYER_RE = re.compile(r"(?:^|\.)([A-Za-z_]\w*)\.(\d+)(?:\.|$)")
+_EMBEDDING_HINTS = ("embeddings.", "embed_tokens.", "embed_positions.", "wte.", "wpe.", "lora_embedding_")
 
 
 # --- where the adapters are -------------------------------------------------------------------
@@ -66,24 +85,34 @@ def _theta_names(obj: ParamLayout | FunctionalModel | nn.Module) -> tuple[str, .
     raise TypeError(f"expected a ParamLayout, FunctionalModel or nn.Module, got {type(obj).__name__}")
 
 
+def _stack_paths(names: tuple[str, ...]) -> set[str]:
+    """Paths of the numbered stacks holding θ's LoRA factors (every θ tensor when it has none):
+    a head made of an ``nn.Sequential`` (``classifier.0.weight``) is not a layer stack."""
+    lora = [n for n in names if is_lora_factor(n)]
+    return {s[0] for s in map(_split_layer, lora or names) if s is not None}
+
+
 def first_adapted_layer(layout_or_model: ParamLayout | FunctionalModel | nn.Module) -> int | None:
     """The smallest transformer layer index holding a tensor of θ (a LoRA factor).
 
-    Layers are read from ``layer.<i>.`` / ``layers.<i>.`` in the parameter names. Returns None
-    when no θ tensor sits in a numbered layer (e.g. only a head is trained), and 0 when a θ
-    tensor sits in the embeddings (nothing can be cached then). Given an ``nn.Module``, θ is
-    its LoRA factors, peft ``modules_to_save`` copies and trainable parameters.
+    Layers are read from the first numbered segment of the parameter names (``layer.<i>.``,
+    ``layers.<i>.``, GPT-2's ``h.<i>.``). Returns None when no θ tensor sits in a numbered layer
+    (e.g. only a head is trained), and 0 when a θ tensor sits in the embeddings (nothing can be
+    cached then). Given an ``nn.Module``, θ is its LoRA factors, peft ``modules_to_save`` copies
+    and trainable parameters.
     """
     names = _theta_names(layout_or_model)
     if any(h in n for n in names for h in _EMBEDDING_HINTS):
         return 0
-    found = [s[1] for s in map(_split_layer, names) if s is not None]
+    paths = _stack_paths(names)
+    found = [s[1] for s in map(_split_layer, names) if s is not None and s[0] in paths]
     return min(found) if found else None
 
 
 def layers_path(layout_or_model: ParamLayout | FunctionalModel | nn.Module) -> str:
-    """Dotted path of the layer list (``...encoder.layer`` / ``...model.layers``) θ lives in."""
-    paths = {s[0] for s in map(_split_layer, _theta_names(layout_or_model)) if s is not None}
+    """Dotted path of the layer list (``...encoder.layer`` / ``...model.layers`` /
+    ``...transformer.h``) θ's LoRA factors live in."""
+    paths = _stack_paths(_theta_names(layout_or_model))
     if len(paths) != 1:
         raise ValueError(
             "the prefix cache needs the θ tensors in one stack of numbered layers, found "
@@ -153,16 +182,48 @@ class _SkippedLayer(nn.Module):
         return f"index={self.index} (cached)"
 
 
+class _ZeroPositions(nn.Module):
+    """Stands for GPT-2's learned position embeddings (``wpe``), which ``GPT2Model`` adds to
+    ``inputs_embeds``: the cached hidden states hold them already, so this adds a zero (a 0-dim
+    tensor: the sum keeps the hidden states' shape and dtype)."""
+
+    def forward(self, position_ids: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        return torch.zeros((), device=position_ids.device)
+
+
+class _PassThroughConv(nn.Module):
+    """Stands for DeBERTa-v2's ``encoder.conv``, applied to the output of layer 0 (a skipped
+    layer here, whose output is the cached hidden states that already went through it)."""
+
+    def forward(self, hidden_states: Tensor, residual_states: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        return residual_states
+
+
 class _DropInputIds:
-    """The suffix root's forward: ``input_ids`` are dropped when ``inputs_embeds`` is given."""
+    """A forward that drops ``input_ids`` (by keyword or position) when ``inputs_embeds`` is given."""
 
     def __init__(self, forward):
         self._forward = forward
+        try:
+            names = list(inspect.signature(forward).parameters)
+        except (TypeError, ValueError):  # pragma: no cover - a forward without a signature
+            names = []
+        self._position = names.index("input_ids") if "input_ids" in names else None
 
     def __call__(self, *args: Any, **kwargs: Any):
         if kwargs.get("inputs_embeds") is not None:
             kwargs.pop("input_ids", None)
+            if self._position is not None and len(args) > self._position:
+                args = args[: self._position] + (None,) + args[self._position + 1:]
         return self._forward(*args, **kwargs)
+
+
+def _takes_inputs_embeds(module: nn.Module) -> bool:
+    try:
+        params = inspect.signature(type(module).forward).parameters
+    except (TypeError, ValueError):  # pragma: no cover
+        return False
+    return "inputs_embeds" in params and "input_ids" in params
 
 
 def _shallow_copy(module: nn.Module) -> nn.Module:
@@ -312,13 +373,26 @@ def suffix_model(model: nn.Module, layer: int, *, layout: ParamLayout | None = N
         if isinstance(owner._modules.get("embeddings"), nn.Module):
             owner._modules["embeddings"] = _PassThroughEmbeddings()
             break
+    # GPT-2 (and GPT-Neo) add learned positions to inputs_embeds inside the base model
+    for owner in reversed(copies[:-1]):
+        if isinstance(owner._modules.get("wpe"), nn.Embedding):
+            owner._modules["wpe"] = _ZeroPositions()
+            break
+    # DeBERTa-v2's convolution on layer 0's output
+    parent = copies[-2]
+    if type(parent._modules.get("conv")).__name__ == "ConvLayer":
+        parent._modules["conv"] = _PassThroughConv()
     last = first_token_layer(model, layers) if first_token and tuple_len is None else None
     if last is not None:
         single = _shallow_copy(layers[last])
         single.forward = types.MethodType(_first_token_forward, single)
         new_layers._modules[str(last)] = single
+    # the base model (the deepest module above the layers taking input_ids or inputs_embeds)
+    # drops the token ids; the modules above it keep them (a decoder classifier pools the last
+    # token that is not padding, found from the ids)
+    base = next((m for m in reversed(copies[:-1]) if _takes_inputs_embeds(m)), copies[0])
+    base.forward = _DropInputIds(type(base).forward.__get__(base))
     root = copies[0]
-    root.forward = _DropInputIds(type(model).forward.__get__(root))
     root.prefix_layer = layer
     root.first_token_layer = last
 

@@ -25,6 +25,7 @@ from bayes_lora.diagnostics import (
     summarize,
     uncertainty_decomposition,
 )
+from bayes_lora.diagnostics import metrics as M
 
 LN2 = math.log(2.0)
 
@@ -390,3 +391,37 @@ def test_summarize_properties(data):
     assert out["entropy"] == pytest.approx(
         out["aleatoric"] + out["mutual_information"], abs=1e-9
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Matthews correlation and per-class accuracy
+# --------------------------------------------------------------------------------------------
+def _onehot_probs(pred, c):
+    return torch.nn.functional.one_hot(torch.as_tensor(pred), c).double()[None] * 0.9 + 0.1 / c
+
+
+def test_mcc_binary_hand_example_and_torchmetrics():
+    from torchmetrics.classification import MulticlassMatthewsCorrCoef
+
+    y = torch.tensor([1, 1, 1, 0, 0, 0, 0, 1])
+    pred = torch.tensor([1, 1, 0, 0, 0, 1, 0, 1])  # TP 3, TN 3, FP 1, FN 1
+    expected = (3 * 3 - 1 * 1) / math.sqrt(4 * 4 * 4 * 4)  # = 0.5
+    assert M.matthews_corrcoef(_onehot_probs(pred, 2), y) == pytest.approx(expected)
+    g = torch.Generator().manual_seed(0)
+    y3 = torch.randint(3, (200,), generator=g)
+    p3 = torch.randn(4, 200, 3, generator=g).softmax(-1)
+    ref = MulticlassMatthewsCorrCoef(num_classes=3)(p3.mean(0), y3)
+    assert M.matthews_corrcoef(p3, y3) == pytest.approx(float(ref), abs=1e-6)
+
+
+def test_mcc_perfect_reversed_and_constant():
+    y = torch.tensor([0, 1, 0, 1])
+    assert M.matthews_corrcoef(_onehot_probs(y, 2), y) == pytest.approx(1.0)
+    assert M.matthews_corrcoef(_onehot_probs(1 - y, 2), y) == pytest.approx(-1.0)
+    assert M.matthews_corrcoef(_onehot_probs([0, 0, 0, 0], 2), y) == 0.0  # no variance: 0
+
+
+def test_per_class_accuracy_is_the_recall_of_each_class():
+    y = torch.tensor([0, 0, 1, 1, 1, 2])
+    pred = torch.tensor([0, 1, 1, 1, 0, 0])
+    assert M.per_class_accuracy(_onehot_probs(pred, 4), y) == [0.5, pytest.approx(2 / 3), 0.0, None]

@@ -34,7 +34,6 @@ BAD = [
     ("bad js_grad", _with(curve={"js_grad": "some"}), ["curve.js_grad", "first"]),
     ("bad t_sampling", _with(curve={"t_sampling": "epoch"}), ["curve.t_sampling", "step"]),
     ("unknown task", _with(data={"task": "imdb"}), ["data.task", "sst2"]),
-    ("empty target modules", _with(lora={"target_modules": []}), ["lora.target_modules", "empty"]),
     ("unknown method", _with(methods={"bogus": {}}), ["methods.bogus", "unknown inference method", "laplace"]),
     ("unknown method option", _with(methods={"swag": {"snapshotz": 3}}), ["methods.swag.snapshotz", "snapshots"]),
     ("method option type", _with(methods={"swag": {"snapshots": "many"}}), ["methods.swag.snapshots", "number"]),
