@@ -310,7 +310,7 @@ _tiny_family_config_before_mpnet = tiny_family_config
 CLASSIFIER_FAMILIES = CLASSIFIER_FAMILIES + ("mpnet",)
 
 
-def tiny_family_config(family: str, layers: int = 3, num_labels: int = 2):  # noqa: F811 - extends the one above
+def tiny_family_config(family: str, layers: int = 3, num_labels: int = 2):  # extends the one above
     """:func:`tiny_family_config` of the families above, and MPNet: BERT's sizes, relative
     position buckets in the encoder (32: MPNetEncoder's hard-wired count) on top of learned
     absolute positions counted RoBERTa-style past index 1 (MPNet's fixed padding index)."""

@@ -1,41 +1,16 @@
-"""Reading ARC-style multiple-choice JSON lines (ARC-Easy/Challenge, OpenBookQA)."""
+"""Reading ARC-style multiple-choice JSON lines (ARC-Easy/Challenge, OpenBookQA): the registered
+ARC description (:func:`~bayes_lora.data.tasks.arc_spec`) pointed at one file."""
 
 from __future__ import annotations
 
-import logging
 import os
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
-from bayes_lora.data.containers import MultipleChoiceData, subsample_indices
-from bayes_lora.data.readers import read_json_records
-
-logger = logging.getLogger(__name__)
+from bayes_lora.data.containers import MultipleChoiceData
+from bayes_lora.data.tasks import arc_spec
 
 __all__ = ["load_arc_jsonl"]
-
-
-def _parse_arc_record(record: Any, row: int, source: str) -> tuple[str, tuple[str, ...], int]:
-    """Question stem, choice texts and answer index of one ARC-style record."""
-    try:
-        stem = record["question"]["stem"]
-        raw_choices = record["question"]["choices"]
-        texts = tuple(str(c["text"]) for c in raw_choices)
-        labels = [str(c["label"]).strip() for c in raw_choices]
-        key = str(record["answerKey"]).strip()
-    except (KeyError, TypeError) as err:
-        raise ValueError(
-            f"row {row} of {source} is not an ARC record "
-            '{"question": {"stem", "choices": [{"text", "label"}]}, "answerKey"}: '
-            f"missing or malformed {err}"
-        ) from None
-    if key not in labels:
-        rid = record.get("id", "?")
-        raise ValueError(
-            f"row {row} (id {rid}) of {source}: answerKey {key!r} is not one of the "
-            f"choice labels {labels}"
-        )
-    return str(stem), texts, labels.index(key)
 
 
 def load_arc_jsonl(
@@ -64,7 +39,7 @@ def load_arc_jsonl(
         Seed of the subsample.
     num_choices : int
         Keep only questions with exactly this many choices (the others are dropped and counted
-        in a ``logging`` debug message).
+        in a ``logging`` info message).
 
     Returns
     -------
@@ -75,37 +50,12 @@ def load_arc_jsonl(
     FileNotFoundError
         If ``path`` does not exist.
     ValueError
-        For a malformed record, an ``answerKey`` matching no label, or when no question is left.
+        For a malformed record, an ``answerKey`` matching no label, or when no question is left;
+        the message names the file, the row and the field.
     """
     path = Path(path)
-    name = name or path.stem
-    records = read_json_records(path)
-    questions, choices, answers = [], [], []
-    for row, record in enumerate(records):
-        stem, texts, answer = _parse_arc_record(record, row, str(path))
-        if len(texts) == num_choices:
-            questions.append(stem)
-            choices.append(texts)
-            answers.append(answer)
-    dropped = len(records) - len(questions)
-    if dropped:
-        logger.debug(
-            "%s: dropped %d of %d questions whose number of choices is not %d",
-            path,
-            dropped,
-            len(records),
-            num_choices,
-        )
-    if not questions:
-        raise ValueError(
-            f"dataset {name} is empty: none of the {len(records)} questions in {path} has "
-            f"exactly num_choices={num_choices} choices"
-        )
-    keep = subsample_indices(len(questions), max_examples, seed)
-    return MultipleChoiceData(
-        name=name,
-        questions=tuple(questions[i] for i in keep),
-        choices=tuple(choices[i] for i in keep),
-        answers=tuple(answers[i] for i in keep),
-        num_choices=num_choices,
-    )
+    spec = replace(arc_spec(name or path.stem), train=str(path.absolute()), dev="", test="",
+                   num_choices=num_choices)
+    data = spec.load("train", max_examples=max_examples, seed=seed)
+    assert isinstance(data, MultipleChoiceData)
+    return data

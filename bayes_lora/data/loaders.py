@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -24,11 +23,10 @@ from bayes_lora.data.arc import load_arc_jsonl
 from bayes_lora.data.containers import (
     MultipleChoiceData,
     TextClassificationData,
-    check_range,
     subsample_indices,
 )
-from bayes_lora.data.readers import ColumnNotFoundError, read_table
-from bayes_lora.data.tasks import BUILTIN_TASKS, SPLITS, get_task
+from bayes_lora.data.readers import ColumnNotFoundError
+from bayes_lora.data.tasks import BUILTIN_TASKS, SPLITS, TaskSpec, get_task
 
 logger = logging.getLogger(__name__)
 
@@ -53,68 +51,9 @@ __all__ = [
 ]
 
 
-# --------------------------------------------------------------------------- helpers
-
-
-def _parse_label(value: Any, row: int, source: str) -> int:
-    """Parse an integer class label from a file cell (int, integral float, or numeric string)."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str):
-        text = value.strip()
-        try:
-            return int(text)
-        except ValueError:
-            try:
-                as_float = float(text)
-            except ValueError:
-                as_float = float("nan")
-            if as_float.is_integer():
-                return int(as_float)
-    raise ValueError(f"label {value!r} at row {row} of {source} is not an integer")
-
-
 def _check_split(split: str) -> None:
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; known splits: {', '.join(SPLITS)}")
-
-
-def _build_text_data(
-    name: str,
-    texts: Sequence[Any],
-    raw_labels: Sequence[Any],
-    *,
-    source: str,
-    num_classes: int | None,
-    min_words: int,
-    max_examples: int | None,
-    seed: int,
-) -> TextClassificationData:
-    """Parse labels, filter by length, subsample, and build the container."""
-    if not texts:
-        raise ValueError(f"dataset {name} is empty: {source} has no rows")
-    for row, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise TypeError(f"text {text!r} at row {row} of {source} is not a string")
-    labels = [_parse_label(v, row, source) for row, v in enumerate(raw_labels)]
-    if num_classes is None:
-        num_classes = max(2, max(labels) + 1)
-    check_range(labels, num_classes, "label", source)
-    keep = [i for i, text in enumerate(texts) if len(text.split()) >= min_words]
-    if not keep:
-        raise ValueError(
-            f"dataset {name} is empty after filtering: none of the {len(texts)} texts in "
-            f"{source} has at least min_words={min_words} words"
-        )
-    keep = [keep[i] for i in subsample_indices(len(keep), max_examples, seed)]
-    return TextClassificationData(
-        name=name,
-        texts=tuple(texts[i] for i in keep),
-        labels=tuple(labels[i] for i in keep),
-        num_classes=num_classes,
-    )
 
 
 # --------------------------------------------------------------------------- text classification
@@ -139,11 +78,13 @@ def load_text_classification(
         A ``.tsv`` (read with ``quoting=3``, i.e. no quote handling), ``.csv``, or
         ``.jsonl``/``.json`` (JSON lines, or one JSON array of objects) file.
     text_column, label_column : str
-        Names of the text and integer label columns (keys, for JSON).
+        Names of the text and label columns (keys, or dotted paths, for JSON).
     name : str, optional
         Task name; defaults to the file's stem.
     num_classes : int, optional
-        Number of classes; defaults to ``max(label) + 1`` over the whole file (at least 2).
+        Number of classes of integer labels; defaults to ``max(label) + 1`` over the whole file
+        (at least 2). String labels are class names: the sorted distinct values (see
+        :class:`~bayes_lora.data.tasks.TaskSpec`, which also describes pairs and other splits).
     min_words : int
         Keep only texts with at least this many whitespace-separated words.
     max_examples : int, optional
@@ -162,29 +103,16 @@ def load_text_classification(
     ColumnNotFoundError
         (a ``ValueError`` and ``KeyError``) if a column is missing; lists the available ones.
     ValueError
-        For an unknown suffix, a non-integer or out-of-range label, or when nothing is left
-        after filtering.
+        For an unknown suffix, an out-of-range label, or when nothing is left after filtering;
+        the message names the file, the row and the field.
     """
     path = Path(path)
-    table = read_table(path)
-    if not table:
-        raise ValueError(f"dataset {name or path.stem} is empty: {path} has no header and no rows")
-    for column in (text_column, label_column):
-        if column not in table:
-            raise ColumnNotFoundError(
-                f"column {column!r} not found in {path}; available columns: "
-                f"{', '.join(map(repr, table)) or '(none)'}"
-            )
-    return _build_text_data(
-        name or path.stem,
-        table[text_column],
-        table[label_column],
-        source=str(path),
-        num_classes=num_classes,
-        min_words=min_words,
-        max_examples=max_examples,
-        seed=seed,
-    )
+    spec = TaskSpec(name=name or path.stem, train=str(path.absolute()), text=text_column,
+                    label=label_column, min_words=min_words)
+    classes = None if num_classes is None else tuple(str(i) for i in range(num_classes))
+    data = spec.load("train", max_examples=max_examples, seed=seed, classes=classes)
+    assert isinstance(data, TextClassificationData)
+    return data
 
 
 class _Default:

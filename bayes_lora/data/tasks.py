@@ -54,6 +54,7 @@ __all__ = [
     "SPLITS",
     "DataError",
     "TaskSpec",
+    "arc_spec",
     "as_ood_texts",
     "get_task",
     "load_task",
@@ -429,8 +430,12 @@ class TaskSpec:
         if isinstance(value, bool):
             raise DataError(f"{where}: a boolean answer {value!r} needs yes/no questions (choices = \"\")")
         text = str(value).strip() if value is not None else ""
-        if labels is not None and text in labels:
-            return labels.index(text)
+        stripped = [t.strip() for t in texts]
+        if labels is not None:  # labelled choices (ARC): the answer names a label, or a text
+            if text in labels or text in stripped:
+                return labels.index(text) if text in labels else stripped.index(text)
+            raise DataError(f"{where}: answer {value!r} matches no choice: neither one of the choice labels "
+                            f"{labels} nor one of the texts {texts}")
         index = _as_int(value)
         if index is not None:
             if not self.answer_base <= index < n + self.answer_base:
@@ -439,10 +444,9 @@ class TaskSpec:
             return index - self.answer_base
         if len(text) == 1 and text.isalpha() and ord(text.upper()) - ord("A") < n:
             return ord(text.upper()) - ord("A")
-        if text in [t.strip() for t in texts]:
-            return [t.strip() for t in texts].index(text)
-        shown = f"labels {labels} or " if labels else ""
-        raise DataError(f"{where}: answer {value!r} matches no choice ({shown}an index, a letter "
+        if text in stripped:
+            return stripped.index(text)
+        raise DataError(f"{where}: answer {value!r} matches no choice (an index, a letter "
                         f"A–{chr(ord('A') + n - 1)}, or one of the texts {texts})")
 
 
@@ -489,7 +493,7 @@ class _Table:
             return cls(str(path), None, records, 0)
         table = read_table(path, columns)
         if not table:
-            raise DataError(f"{path} has no header and no rows")
+            raise DataError(f"the split is empty: {path} has no header and no rows")
         return cls(str(path), table, None, 0 if path.suffix.lower() == ".parquet" else (1 if columns else 2))
 
     @classmethod
@@ -651,7 +655,9 @@ def _label_ids(table: _Table, name: str, classes: tuple[str, ...], *, given: boo
 # --------------------------------------------------------------------------- the registry
 
 
-def _arc(name: str) -> TaskSpec:
+def arc_spec(name: str) -> TaskSpec:
+    """The description of ARC-format files ``<name>/{train,dev,test}.jsonl`` (ARC-Easy,
+    ARC-Challenge, OpenBookQA): nested stem, choice objects with letter labels, 4 choices."""
     return TaskSpec(name=name, kind="multiple_choice", train=f"{name}/train.jsonl", dev=f"{name}/dev.jsonl",
                     test=f"{name}/test.jsonl", question="question.stem", choices="question.choices",
                     choice_text="text", choice_label="label", answer="answerKey", num_choices=4)
@@ -667,7 +673,7 @@ BUILTIN_TASKS: dict[str, TaskSpec] = {
     "cola": TaskSpec(name="cola", train="cola/train.tsv", dev="cola/dev.tsv", test="cola/test.tsv",
                      columns=("source", "label", "mark", "sentence"), text="sentence", label="label",
                      labels=("unacceptable", "acceptable")),
-    **{n: _arc(n) for n in ("arc_easy", "arc_challenge", "openbookqa")},
+    **{n: arc_spec(n) for n in ("arc_easy", "arc_challenge", "openbookqa")},
 }
 
 

@@ -500,6 +500,23 @@ def add_lora(model: nn.Module, lora: LoraSettings, kind: str) -> nn.Module:
         return get_peft_model(model, cfg)
 
 
+def _check_head(path: Path, num_labels: int, lora: LoraSettings) -> None:
+    """Log (or, with a frozen head, refuse) a checkpoint whose classifier head has another number
+    of labels than the task: that head is replaced by a freshly initialised one."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(path, local_files_only=True)
+    heads = [a for a in (getattr(config, "architectures", None) or []) if "SequenceClassification" in a]
+    theirs = getattr(config, "num_labels", None)
+    if not heads or theirs in (None, num_labels):
+        return
+    if not lora.train_head:
+        raise ValueError(f"{path} holds a classifier head for {theirs} labels but the task has {num_labels} "
+                         "classes; a new head must be trained: set lora.train_head = true")
+    logger.warning("%s holds a classifier head for %d labels; the task has %d classes, so a new head is "
+                   "initialised and trained (lora.train_head)", path, theirs, num_labels)
+
+
 def load_backbone(
     model: str = "all-MiniLM-L6-v2",
     *,
@@ -530,8 +547,11 @@ def load_backbone(
     with _quiet_transformers():
         torch.manual_seed(0)
         if kind == "classifier":
+            _check_head(path, num_labels, lora)
+            # a fine-tuned checkpoint's head of another size is replaced by a new one (trained
+            # with train_head), as for a checkpoint without a head
             base = AutoModelForSequenceClassification.from_pretrained(
-                path, num_labels=num_labels, local_files_only=True
+                path, num_labels=num_labels, local_files_only=True, ignore_mismatched_sizes=True
             )
         else:
             base = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, torch_dtype=torch.float32)

@@ -25,7 +25,8 @@ entering L (the model side of :mod:`bayes_lora.lora.prefix`'s frozen-prefix cach
   module owning the token embeddings) drops ``input_ids`` whenever ``inputs_embeds`` is given;
   the modules above it still see the token ids, which the decoder classifiers (GPT-2, Llama,
   Qwen2) need to find the last token that is not padding.
-  When the head reads the first token only (BERT's sequence classifier: pooler on token 0), the
+  When the head reads the first token only (BERT's sequence classifier: pooler on token 0;
+  MPNet's: its classification head on token 0), the
   last layer computes token 0's row only (:func:`first_token_layer`): its keys and values still
   come from every token, its query, attention output and feed-forward from token 0 alone — the
   same logits and gradients for ~10/12 less of the last layer's work.
@@ -37,6 +38,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import math
 import re
 import types
 from typing import Any
@@ -313,10 +315,43 @@ def _first_token_forward(self: nn.Module, hidden_states: Tensor, attention_mask:
     return self.feed_forward_chunk(attended)
 
 
-def first_token_layer(model: nn.Module, layers: nn.ModuleList) -> int | None:
-    """The index of ``layers``' last layer when only its token-0 row reaches the output of
-    ``model`` (a BERT sequence classifier: the pooler reads token 0) and the layer is a plain
-    encoder ``BertLayer`` whose token-0 row :func:`_first_token_forward` computes; else None."""
+def _mpnet_first_token_forward(self: nn.Module, hidden_states: Tensor, attention_mask: Tensor | None = None,
+                               position_bias: Tensor | None = None, output_attentions: bool = False,
+                               **kwargs: Any) -> tuple[Tensor]:
+    """An ``MPNetLayer``'s forward for the output row of token 0 only (returns ``([B, 1, H],)``):
+    the keys and values of every token, token 0's query row of the attention scores (with its
+    row of the relative position bias and of the mask), attention output, residual and
+    feed-forward. The same operations in the same order as ``MPNetSelfAttention``.
+
+    While a dropout of the layer is active (MC dropout), or attentions are asked for, the whole
+    layer runs and token 0's row is kept."""
+    if output_attentions or any(m.training and m.p > 0 for m in self.modules() if isinstance(m, nn.Dropout)):
+        out = type(self).forward(self, hidden_states, attention_mask, position_bias,
+                                 output_attentions=output_attentions, **kwargs)
+        return (out[0][:, :1],) + tuple(out[1:])
+    sa = self.attention.attn
+    b, t = hidden_states.shape[:2]
+    first = hidden_states[:, :1]
+    heads = (-1, sa.attention_head_size)
+    q = sa.q(first).view(b, 1, *heads).transpose(1, 2)
+    k = sa.k(hidden_states).view(b, t, *heads).transpose(1, 2)
+    v = sa.v(hidden_states).view(b, t, *heads).transpose(1, 2)
+    scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(sa.attention_head_size)
+    if position_bias is not None:
+        scores = scores + (position_bias[:, :, :1] if position_bias.shape[-2] == t else position_bias)
+    if attention_mask is not None:
+        if attention_mask.dim() == 4 and attention_mask.shape[-2] == t:
+            attention_mask = attention_mask[:, :, :1]  # the query row of token 0
+        scores = scores + attention_mask
+    probs = nn.functional.softmax(scores, dim=-1)
+    context = torch.matmul(probs, v).permute(0, 2, 1, 3).reshape(b, 1, sa.all_head_size)
+    attended = self.attention.LayerNorm(sa.o(context) + first)
+    return (self.output(self.intermediate(attended), attended),)
+
+
+def _bert_last_layer(model: nn.Module, layers: nn.ModuleList) -> bool:
+    """A BERT sequence classifier (its pooler reads token 0) whose last layer is a plain encoder
+    ``BertLayer``."""
     try:
         from transformers.models.bert.modeling_bert import (
             BertForSequenceClassification,
@@ -324,17 +359,60 @@ def first_token_layer(model: nn.Module, layers: nn.ModuleList) -> int | None:
             BertSelfAttention,
         )
     except ImportError:  # pragma: no cover - transformers without BERT
-        return None
+        return False
     heads = [m for m in model.modules() if isinstance(m, BertForSequenceClassification)]
     if len(heads) != 1 or heads[0].bert.pooler is None or heads[0].bert.encoder.layer is not layers:
-        return None
+        return False
     last = layers[len(layers) - 1]
-    plain = (
+    return (
         type(last) is BertLayer and type(last.attention.self) is BertSelfAttention
         and not last.is_decoder and not last.add_cross_attention and not last.chunk_size_feed_forward
         and not last.attention.self.is_causal
     )
-    return len(layers) - 1 if plain else None
+
+
+def _mpnet_last_layer(model: nn.Module, layers: nn.ModuleList) -> bool:
+    """An MPNet sequence classifier (its ``MPNetClassificationHead`` reads token 0) whose last
+    layer is a plain ``MPNetLayer``."""
+    try:
+        from transformers.models.mpnet.modeling_mpnet import (
+            MPNetClassificationHead,
+            MPNetForSequenceClassification,
+            MPNetLayer,
+            MPNetSelfAttention,
+        )
+    except ImportError:  # pragma: no cover - transformers without MPNet
+        return False
+    heads = [m for m in model.modules() if isinstance(m, MPNetForSequenceClassification)]
+    if len(heads) != 1 or heads[0].mpnet.encoder.layer is not layers:
+        return False
+    head = heads[0].classifier  # peft's modules_to_save wraps the head: look at what it wraps
+    head = getattr(head, "original_module", head)
+    last = layers[len(layers) - 1]
+    return (type(head) is MPNetClassificationHead and type(last) is MPNetLayer
+            and type(last.attention.attn) is MPNetSelfAttention)
+
+
+def first_token_layer(model: nn.Module, layers: nn.ModuleList) -> int | None:
+    """The index of ``layers``' last layer when only its token-0 row reaches the output of
+    ``model`` and its token-0 row can be computed alone: a BERT sequence classifier (the pooler
+    reads token 0) with a plain encoder ``BertLayer`` last (:func:`_first_token_forward`), or an
+    MPNet sequence classifier (the head reads token 0) with a plain ``MPNetLayer`` last
+    (:func:`_mpnet_first_token_forward`); else None."""
+    if _bert_last_layer(model, layers) or _mpnet_last_layer(model, layers):
+        return len(layers) - 1
+    return None
+
+
+def _first_token_forward_of(layer: nn.Module, tuple_len: int | None):
+    """The token-0 forward for ``layer``, given how the real layer returns its output (None: a
+    tensor, n: a tuple of n), or None when there is none for that form."""
+    name = type(layer).__name__
+    if name == "BertLayer" and tuple_len is None:  # transformers 5's BertLayer returns a tensor
+        return _first_token_forward
+    if name == "MPNetLayer" and tuple_len == 1:  # (hidden,) without attentions
+        return _mpnet_first_token_forward
+    return None
 
 
 def suffix_model(model: nn.Module, layer: int, *, layout: ParamLayout | None = None,
@@ -382,10 +460,13 @@ def suffix_model(model: nn.Module, layer: int, *, layout: ParamLayout | None = N
     parent = copies[-2]
     if type(parent._modules.get("conv")).__name__ == "ConvLayer":
         parent._modules["conv"] = _PassThroughConv()
-    last = first_token_layer(model, layers) if first_token and tuple_len is None else None
-    if last is not None:
+    last = first_token_layer(model, layers) if first_token else None
+    one_row = _first_token_forward_of(layers[last], tuple_len) if last is not None else None
+    if one_row is None:
+        last = None
+    else:
         single = _shallow_copy(layers[last])
-        single.forward = types.MethodType(_first_token_forward, single)
+        single.forward = types.MethodType(one_row, single)
         new_layers._modules[str(last)] = single
     # the base model (the deepest module above the layers taking input_ids or inputs_embeds)
     # drops the token ids; the modules above it keep them (a decoder classifier pools the last

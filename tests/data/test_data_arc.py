@@ -57,7 +57,7 @@ def test_answer_key_not_among_labels(tmp_path):
         tmp_path / "arc.jsonl", [record("ok", list("ABCD"), "A"), record("bad", list("ABCD"), "5")]
     )
     with pytest.raises(
-        ValueError, match=r"row 1 \(id bad\).*answerKey '5'.*\['A', 'B', 'C', 'D'\]"
+        ValueError, match=r"row 2, field 'answerKey': answer '5' matches no choice.*\['A', 'B', 'C', 'D'\]"
     ):
         load_arc_jsonl(path)
 
@@ -66,7 +66,7 @@ def test_malformed_record(tmp_path):
     path = write_jsonl(
         tmp_path / "arc.jsonl", [{"id": "x", "question": "no stem", "answerKey": "A"}]
     )
-    with pytest.raises(ValueError, match="row 0 .* not an ARC record"):
+    with pytest.raises(ValueError, match=r"field 'question.stem' not found at .*arc\.jsonl, row 1"):
         load_arc_jsonl(path)
 
 

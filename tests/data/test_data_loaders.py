@@ -91,19 +91,22 @@ def test_missing_column_lists_available_columns(tmp_path):
 
 def test_label_out_of_range_names_label_row_and_range(tmp_path):
     path = write_tsv(tmp_path / "x.tsv", [("a", 0), ("b", 2)])
-    with pytest.raises(ValueError, match=r"label 2 at row 1 .* allowed values are 0\.\.1"):
+    with pytest.raises(ValueError, match=r"row 2 \(line 3\), field 'label': label 2 is out of range.*0\.\.1"):
         load_text_classification(path, num_classes=2)
 
 
 def test_negative_label_rejected(tmp_path):
-    with pytest.raises(ValueError, match="label -1 at row 0"):
+    with pytest.raises(ValueError, match=r"row 1 \(line 2\), field 'label': negative label '-1'"):
         load_text_classification(write_tsv(tmp_path / "x.tsv", [("a", -1)]))
 
 
-def test_non_integer_label(tmp_path):
-    path = write_tsv(tmp_path / "x.tsv", [("a", 0), ("b", "pos")])
-    with pytest.raises(ValueError, match="'pos' at row 1 .* not an integer"):
-        load_text_classification(path)
+def test_string_labels_are_class_names_and_integer_classes_take_no_strings(tmp_path):
+    path = write_tsv(tmp_path / "x.tsv", [("a", "pos"), ("b", "neg"), ("c", "pos")])
+    data = load_text_classification(path)
+    assert data.label_names == ("neg", "pos") and data.labels == (1, 0, 1)
+    path = write_tsv(tmp_path / "y.tsv", [("a", 0), ("b", "pos")])
+    with pytest.raises(ValueError, match=r"row 2 \(line 3\), field 'label': label 'pos' is not an integer"):
+        load_text_classification(path, num_classes=2)
 
 
 def test_empty_after_min_words_filter(tmp_path):

@@ -176,3 +176,17 @@ def test_config_errors_in_a_task_table_name_the_key(setup):
         ExperimentConfig.from_dict(config(model_dir, task="nope"))
     with pytest.raises(ConfigError, match=r"data.task = 'topics' has no test split"):
         ExperimentConfig.from_dict(config(model_dir, task=task_table(test="")))
+
+
+def test_a_checkpoint_head_of_another_size_is_replaced_or_refused_when_frozen(tmp_path, caplog):
+    from bayes_lora.lora.backbone import LoraSettings, load_backbone
+
+    tiny_bert(num_labels=2).save_pretrained(tmp_path / "m")
+    pair_tokenizer().save_pretrained(tmp_path / "m")
+    with caplog.at_level("WARNING"):
+        bb = load_backbone(str(tmp_path / "m"), num_labels=4, lora=LoraSettings(r=2, layers=(1,)))
+    assert "head for 2 labels; the task has 4 classes" in caplog.text
+    out = bb.model(**pair_tokenizer()(["good film"], return_tensors="pt")).logits
+    assert out.shape == (1, 4)
+    with pytest.raises(ValueError, match="head for 2 labels but the task has 4 classes.*train_head"):
+        load_backbone(str(tmp_path / "m"), num_labels=4, lora=LoraSettings(r=2, train_head=False))

@@ -229,7 +229,15 @@ def test_prefix_cached_predictions_and_gradients_equal_the_full_model(setup):
     assert setup.ctest.hidden.shape[-1] == 32
     thetas = _thetas(setup.fm, 3, seed=1)
     full = predict_probs(setup.fm, setup.test, thetas, batch_size=4)
+    rows = []
+    if setup.family in ("bert", "mpnet"):  # the head reads token 0: the last layer computes that row only
+        assert setup.sfm.model.first_token_layer == 2
+        ffn = setup.sfm.model.get_submodule(f"{layers_path(setup.fm.layout)}.2.intermediate")
+        handle = ffn.register_forward_hook(lambda _m, args, _out: rows.append(args[0].shape[1]))
     cached = predict_probs(setup.sfm, setup.ctest, thetas, batch_size=4)
+    if rows:
+        handle.remove()
+        assert set(rows) == {1}
     _check_probs(full, 3, len(setup.test), setup.test.num_classes)
     torch.testing.assert_close(cached, full, atol=ATOL, rtol=0)
     assert (full[0] - full[1]).abs().max() > 1e-3
@@ -565,7 +573,7 @@ def test_real_mpnet_alias_resolves_loads_and_is_reused(monkeypatch):
     assert type(base).__name__ == "MPNetForSequenceClassification" and base.config.num_hidden_layers == 12
     assert bb.lora.target_modules == ("q", "v")
     with safe_open(str(folder / "model.safetensors"), "pt") as f:  # the pretrained weights, not an init
-        key = next(k for k in f.keys() if k.endswith("encoder.layer.0.attention.attn.q.weight"))
+        key = next(k for k in f.keys() if k.endswith("encoder.layer.0.attention.attn.q.weight"))  # noqa: SIM118
         torch.testing.assert_close(base.mpnet.encoder.layer[0].attention.attn.q.weight, f.get_tensor(key))
     batch = bb.tokenizer(["a gripping, beautifully acted film"], return_tensors="pt")
     with torch.no_grad():
