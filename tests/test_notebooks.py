@@ -1,4 +1,4 @@
-"""The three notebooks in ``notebooks/`` execute end to end in smoke mode on the real model.
+"""The notebooks in ``notebooks/`` execute end to end in smoke mode on the real model.
 
 Each notebook is run with nbclient in a fresh kernel of *this* interpreter: a kernel spec written
 into a temporary folder (``ipykernel.kernelspec.write_kernel_spec``, argv = ``sys.executable``) is
@@ -7,7 +7,8 @@ picked up instead (the kernel's ``sys.prefix`` is checked). The committed copies
 run (SMOKE=False, every tagged cell with its output, no error); they are cleared in memory and
 executed afresh. The kernel gets
 ``BAYES_LORA_SMOKE=1``, the data folder and ``BAYES_LORA_NOTEBOOK_OUT`` = one temporary run
-folder shared by the three notebooks (in order: 02 and 03 reuse the stages 01 and 02 ran); the
+folder shared by the notebooks (in order: 02 and 03 reuse the stages 01 and 02 ran; 04 uses the
+library alone and only saves its own posterior there); the
 committed notebooks are never written to (executed copies go to the temporary folder).
 
 Needs the real all-MiniLM-L6-v2 weights and ``../shared/data``; skipped cleanly otherwise.
@@ -55,6 +56,15 @@ EXPECTED = {
         "compare-diagnostics": ("text/html", 1),
         "p-better": ("text/html", 1),
         "vs-map": ("text/html", 1),
+    },
+    "04_write_your_own_posterior.ipynb": {
+        "yours-beta": ("stream", 1),
+        "yours-offset": ("stream", 1),
+        "metrics": ("text/html", 1),
+        "summary": ("text/html", 1),
+        "trace": ("image/png", 1),
+        "loo": ("text/html", 1),
+        "compare": ("text/html", 1),
     },
 }
 
@@ -140,6 +150,9 @@ def test_notebook_executes_in_smoke_mode(name, notebook_env):
         got = _outputs(tagged[tag])
         assert got.count(mime) >= least, f"{name}, cell {tag!r}: expected {least}× {mime}, got {got}"
     run = Path(os.environ["BAYES_LORA_NOTEBOOK_OUT"])
+    if name == "04_write_your_own_posterior.ipynb":  # the library alone: no runner stages
+        assert (run / "own_posterior" / "posterior.json").is_file()
+        return
     assert (run / "stages" / "curve" / "manifest.json").is_file()
     if name != "01_curve_valleys.ipynb":
         assert (run / "results.json").is_file() and (run / "idata").is_dir()

@@ -6,18 +6,27 @@ grids) — into one InferenceData with explicit sample dimensions ``(chain, draw
 approximations give one chain of draws. One converter per group; groups whose inputs are
 missing are skipped:
 
-========================  ==========================================================  ===========
-group                     variables                                                   dims
-========================  ==========================================================  ===========
-``posterior``             the latents (``t``, ``z``, cores, ...)                      chain, draw, ...
-``sample_stats``          NUTS statistics under ArviZ's names (``diverging``,         chain, draw
-                          ``energy``, ``step_size``, ``tree_depth``,
-                          ``acceptance_rate``, ``n_steps``, ``lp``)
-``log_likelihood``        ``y``: log p(y_i | x_i, θ_s) per observation                chain, draw, obs_id
-``posterior_predictive``  ``y_prob``: p(· | x_i, θ_s)                                 chain, draw, obs_id, class
-``observed_data``         ``y``: the labels                                           obs_id
-========================  ==========================================================  ===========
+=============================  =====================================================  ===========
+group                          variables                                              dims
+=============================  =====================================================  ===========
+``posterior``                  the latents (``t``, ``z``, cores, ...)                 chain, draw, ...
+``sample_stats``               NUTS statistics under ArviZ's names (``diverging``,    chain, draw
+                               ``energy``, ``step_size``, ``tree_depth``,
+                               ``acceptance_rate``, ``n_steps``, ``lp``)
+``log_likelihood``             ``y``: log p(y_i | x_i, θ_s) per observation (attrs:   chain, draw, obs_id
+                               the likelihood ``temperature``)
+``posterior_predictive``       ``y``: draws of y_i ~ p(· | x_i, θ_s);                 chain, draw, obs_id
+                               ``y_prob``: p(· | x_i, θ_s)                            (+ class)
+``observed_data``              ``y``: the labels                                      obs_id
+``predictions``                ``y_prob``: p(· | x_j, θ_s) on held-out examples       chain, draw, test_id, class
+``predictions_constant_data``  ``y``: their labels                                    test_id
+=============================  =====================================================  ===========
 
+The groups are meant as ArviZ means them (what
+:func:`~bayes_lora.experiment.evaluate.posterior_idata` writes): ``log_likelihood``,
+``posterior_predictive`` and ``observed_data`` are about the data the posterior conditioned on
+(``obs_id`` = their rows), ``predictions`` about new data, and every sampled group shares the
+same ``(chain, draw)`` — draw s of each is the same posterior draw (:func:`check_idata_schema`).
 The per-observation log-likelihood makes PSIS-LOO and WAIC available (Vehtari, Gelman & Gabry
 2017, "Practical Bayesian model evaluation using leave-one-out cross-validation and WAIC"),
 and the chains give R-hat and ESS (Vehtari et al. 2021, "Rank-normalization, folding, and
@@ -40,7 +49,9 @@ if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
 __all__ = [
+    "SAMPLED_GROUPS",
     "SAMPLE_STAT_NAMES",
+    "check_idata_schema",
     "compare_loo",
     "load_idata",
     "loo",
@@ -83,6 +94,9 @@ SAMPLE_STAT_NAMES: dict[str, str] = {
 
 #: Largest allowed |Σ_c p_c − 1| of a probability row in ``probs``.
 PROB_SUM_TOL = 1e-3
+
+#: The groups with sample dims ``(chain, draw)``: all of them share the same draws.
+SAMPLED_GROUPS = ("posterior", "sample_stats", "log_likelihood", "posterior_predictive", "predictions")
 
 
 # --------------------------------------------------------------------------------------------
@@ -148,25 +162,25 @@ class _Layout:
         return arr
 
 
-def _has_chain_axis(chains: int | None, log_likelihood: Any, probs: Any) -> bool:
+def _has_chain_axis(chains: int | None, log_likelihood: Any, probs: Any, posterior_predictive: Any = None,
+                    predictions: Any = None) -> bool:
     if chains is not None:
         if isinstance(chains, bool) or not isinstance(chains, (int, np.integer)) or chains < 1:
             raise ValueError(f"chains must be a positive integer or None, got {chains!r}")
         return True
-    if log_likelihood is not None:
-        ndim = _to_numpy(log_likelihood, "log_likelihood").ndim
-        if ndim not in (2, 3):
-            raise ValueError(
-                f"log_likelihood must be [chain, draw, obs] or [draw, obs], got {ndim} dim(s)"
-            )
-        return ndim == 3
-    if probs is not None:
-        ndim = _to_numpy(probs, "probs").ndim
-        if ndim not in (3, 4):
-            raise ValueError(
-                f"probs must be [chain, draw, obs, class] or [draw, obs, class], got {ndim} dim(s)"
-            )
-        return ndim == 4
+    # the first given of these decides: (name, array, its event dims, how they read)
+    for name, value, event, what in (
+        ("log_likelihood", log_likelihood, 1, "obs"),
+        ("probs", probs, 2, "obs, class"),
+        ("posterior_predictive", posterior_predictive, 1, "obs"),
+        ("predictions", predictions, 2, "obs, class"),
+    ):
+        if value is None:
+            continue
+        ndim = _to_numpy(value, name).ndim
+        if ndim not in (event + 1, event + 2):
+            raise ValueError(f"{name} must be [chain, draw, {what}] or [draw, {what}], got {ndim} dim(s)")
+        return ndim == event + 2
     return False
 
 
@@ -225,7 +239,19 @@ def _sample_stats_group(sample_stats, layout, attrs):
     return az.dict_to_dataset(data, attrs=attrs)
 
 
-def _log_likelihood_group(log_likelihood, layout, attrs):
+def _obs_coord(obs_id, n: int, dim: str = "obs_id") -> np.ndarray:
+    """The coordinate values of ``dim``: ``obs_id`` (e.g. the training rows) or 0..n-1."""
+    if obs_id is None:
+        return np.arange(n)
+    ids = _to_numpy(obs_id, dim)
+    if ids.shape != (n,):
+        raise ValueError(f"{dim} has shape {ids.shape} but the observations number {n}")
+    if len(np.unique(ids)) != n:
+        raise ValueError(f"{dim} values must be distinct")
+    return ids
+
+
+def _log_likelihood_group(log_likelihood, layout, attrs, obs_id=None):
     import arviz as az
 
     arr = layout.sample_shaped(
@@ -240,43 +266,90 @@ def _log_likelihood_group(log_likelihood, layout, attrs):
         {"y": arr},
         attrs=attrs,
         dims={"y": ["obs_id"]},
-        coords={"obs_id": np.arange(arr.shape[2])},
+        coords={"obs_id": _obs_coord(obs_id, arr.shape[2])},
     )
     return ds, arr.shape[2]
 
 
-def _posterior_predictive_group(probs, layout, attrs):
-    import arviz as az
-
-    arr = layout.sample_shaped(_to_numpy(probs, "probs"), "probs", event_ndim=2).astype(np.float64)
+def _probs_array(probs, layout, name: str) -> np.ndarray:
+    arr = layout.sample_shaped(_to_numpy(probs, name), name, event_ndim=2).astype(np.float64)
     if not np.all(np.isfinite(arr)) or arr.min() < -1e-6:
-        raise ValueError("probs must be finite and non-negative")
+        raise ValueError(f"{name} must be finite and non-negative")
     worst = float(np.abs(arr.sum(-1) - 1.0).max())
     if worst > PROB_SUM_TOL:
-        raise ValueError(f"probs rows must sum to 1 over the class axis (worst is off by {worst:.3g})")
+        raise ValueError(f"{name} rows must sum to 1 over the class axis (worst is off by {worst:.3g})")
+    return arr
+
+
+def _posterior_predictive_group(probs, draws, layout, attrs, obs_id=None):
+    """``y`` (draws of y, [chain, draw, obs]) and/or ``y_prob`` ([chain, draw, obs, class])."""
+    import arviz as az
+
+    data, dims, n_obs, n_class = {}, {}, {}, None
+    if probs is not None:
+        arr = _probs_array(probs, layout, "probs")
+        data["y_prob"], dims["y_prob"] = arr, ["obs_id", "class"]
+        n_obs["probs"], n_class = arr.shape[2], arr.shape[3]
+    if draws is not None:
+        y = layout.sample_shaped(_to_numpy(draws, "posterior_predictive"), "posterior_predictive", event_ndim=1)
+        if y.dtype == np.bool_ or not np.issubdtype(y.dtype, np.integer):
+            raise ValueError(f"posterior_predictive must hold integer draws of y, got dtype {y.dtype}")
+        if y.size and (y.min() < 0 or (n_class is not None and y.max() >= n_class)):
+            raise ValueError("posterior_predictive draws must be class indices"
+                             + (f" in [0, {n_class})" if n_class is not None else " (≥ 0)"))
+        data["y"], dims["y"] = y.astype(np.int64), ["obs_id"]
+        n_obs["posterior_predictive"] = y.shape[2]
+    if len(set(n_obs.values())) > 1:
+        raise ValueError(f"inputs disagree on the number of observations: {n_obs}")
+    n = next(iter(n_obs.values()))
+    coords = {"obs_id": _obs_coord(obs_id, n)}
+    if n_class is not None:
+        coords["class"] = np.arange(n_class)
+    return az.dict_to_dataset(data, attrs=attrs, dims=dims, coords=coords), n_obs, n_class
+
+
+def _predictions_group(predictions, layout, attrs):
+    import arviz as az
+
+    arr = _probs_array(predictions, layout, "predictions")
     ds = az.dict_to_dataset(
         {"y_prob": arr},
         attrs=attrs,
-        dims={"y_prob": ["obs_id", "class"]},
-        coords={"obs_id": np.arange(arr.shape[2]), "class": np.arange(arr.shape[3])},
+        dims={"y_prob": ["test_id", "class"]},
+        coords={"test_id": np.arange(arr.shape[2]), "class": np.arange(arr.shape[3])},
     )
     return ds, arr.shape[2], arr.shape[3]
 
 
-def _observed_data_group(labels, attrs):
+def _labels_array(labels, name: str) -> np.ndarray:
+    y = _to_numpy(labels, name)
+    if y.ndim != 1:
+        raise ValueError(f"{name} must be 1-D [obs], got shape {y.shape}")
+    if y.dtype == np.bool_ or not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"{name} must be integers, got dtype {y.dtype}")
+    return y.astype(np.int64)
+
+
+def _observed_data_group(labels, attrs, obs_id=None):
     import arviz as az
 
-    y = _to_numpy(labels, "labels")
-    if y.ndim != 1:
-        raise ValueError(f"labels must be 1-D [obs], got shape {y.shape}")
-    if y.dtype == np.bool_ or not np.issubdtype(y.dtype, np.integer):
-        raise ValueError(f"labels must be integers, got dtype {y.dtype}")
+    y = _labels_array(labels, "labels")
     ds = az.dict_to_dataset(
-        {"y": y.astype(np.int64)},
+        {"y": y},
         attrs=attrs,
         default_dims=[],
         dims={"y": ["obs_id"]},
-        coords={"obs_id": np.arange(y.shape[0])},
+        coords={"obs_id": _obs_coord(obs_id, y.shape[0])},
+    )
+    return ds, y.shape[0]
+
+
+def _predictions_constant_data_group(labels, attrs):
+    import arviz as az
+
+    y = _labels_array(labels, "prediction_labels")
+    ds = az.dict_to_dataset(
+        {"y": y}, attrs=attrs, default_dims=[], dims={"y": ["test_id"]}, coords={"test_id": np.arange(y.shape[0])}
     )
     return ds, y.shape[0]
 
@@ -295,6 +368,12 @@ def to_inference_data(
     options: Mapping[str, Any] | None = None,
     chains: int | None = None,
     max_coords: int | None = None,
+    posterior_predictive: Any = None,
+    predictions: Any = None,
+    prediction_labels: Any = None,
+    obs_id: Any = None,
+    temperature: float | None = None,
+    attrs: Mapping[str, Any] | None = None,
 ) -> az.InferenceData:
     """Build one :class:`arviz.InferenceData` from the arrays of a posterior.
 
@@ -305,12 +384,14 @@ def to_inference_data(
     is decided once per call:
 
     1. ``chains`` given → every array has a leading chain axis of that length;
-    2. else ``log_likelihood`` given → 3-D means ``[chain, draw, obs]``, 2-D ``[draw, obs]``;
-    3. else ``probs`` given → 4-D means ``[chain, draw, obs, class]``, 3-D ``[draw, obs, class]``;
-    4. else (only ``posterior``) → ``[draw, ...]``, one chain. Multi-chain latents alone need
+    2. else the first given of ``log_likelihood`` (3-D means ``[chain, draw, obs]``, 2-D
+       ``[draw, obs]``), ``probs`` (4-D / 3-D), ``posterior_predictive`` (3-D / 2-D),
+       ``predictions`` (4-D / 3-D) decides;
+    3. else (only ``posterior``) → ``[draw, ...]``, one chain. Multi-chain latents alone need
        ``chains``.
 
-    All arrays must then agree on ``(chain, draw)``.
+    All arrays must then agree on ``(chain, draw)``: draw s of every sampled group is the same
+    posterior draw.
 
     Parameters
     ----------
@@ -318,10 +399,11 @@ def to_inference_data(
         Latents, e.g. ``{"t": [chain, draw], "z": [chain, draw, d]}``. Event dims are named
         ``{name}_dim_0, ...`` by ArviZ.
     log_likelihood : array, shape [chain, draw, obs] or [draw, obs], optional
-        ``log p(y_i | x_i, θ_s)`` (after any likelihood temperature); must be finite. Stored as
-        variable ``"y"`` with dims ``(chain, draw, obs_id)``.
+        ``log p(y_i | x_i, θ_s)`` of the observations the posterior conditioned on; must be
+        finite. Stored as variable ``"y"`` with dims ``(chain, draw, obs_id)``.
     probs : array, shape [chain, draw, obs, class] or [draw, obs, class], optional
-        Per-draw predictive probabilities; stored as ``posterior_predictive["y_prob"]``.
+        Per-draw predictive probabilities of those observations; stored as
+        ``posterior_predictive["y_prob"]``.
     labels : integer array, shape [obs], optional
         Observed labels; stored as ``observed_data["y"]``.
     sample_stats : dict of str to array, optional
@@ -346,6 +428,20 @@ def to_inference_data(
         1,500 core coordinates can be passed without storing or summarising all of them; the
         original event shapes are recorded in ``idata.attrs["truncated"]`` (JSON). Only
         ``posterior`` is affected; log-likelihoods and predictives are never cut.
+    posterior_predictive : integer array, shape [chain, draw, obs] or [draw, obs], optional
+        Draws of y_i ~ p(· | x_i, θ_s) (class indices); stored as ``posterior_predictive["y"]``.
+    predictions : array, shape [chain, draw, test, class] or [draw, test, class], optional
+        Per-draw predictive probabilities on held-out examples; stored as
+        ``predictions["y_prob"]`` with dims ``(chain, draw, test_id, class)``.
+    prediction_labels : integer array, shape [test], optional
+        Their labels; stored as ``predictions_constant_data["y"]`` (dim ``test_id``).
+    obs_id : array, shape [obs], optional
+        Coordinate values of ``obs_id`` (e.g. the rows of the training set); default 0..obs-1.
+    temperature : float, optional
+        The likelihood temperature of the posterior, stored in ``log_likelihood.attrs`` (the
+        log-likelihood itself is stored as given).
+    attrs : dict, optional
+        More attributes of the InferenceData (strings or numbers).
 
     Returns
     -------
@@ -361,41 +457,140 @@ def to_inference_data(
         isinstance(max_coords, bool) or not isinstance(max_coords, (int, np.integer)) or max_coords < 1
     ):
         raise ValueError(f"max_coords must be a positive integer or None, got {max_coords!r}")
+    if temperature is not None and (isinstance(temperature, bool) or not isinstance(temperature, (int, float))
+                                    or not temperature > 0):
+        raise ValueError(f"temperature must be a number > 0, got {temperature!r}")
 
-    layout = _Layout(_has_chain_axis(chains, log_likelihood, probs), chains)
+    layout = _Layout(_has_chain_axis(chains, log_likelihood, probs, posterior_predictive, predictions), chains)
     group_attrs = {"method": method}
     groups: dict[str, Any] = {}
     n_obs: dict[str, int] = {}
 
     # Groups with sample dims first, so that per-chain sample stats can be broadcast.
     if log_likelihood is not None:
+        ll_attrs = group_attrs if temperature is None else {**group_attrs, "temperature": float(temperature)}
         groups["log_likelihood"], n_obs["log_likelihood"] = _log_likelihood_group(
-            log_likelihood, layout, group_attrs
+            log_likelihood, layout, ll_attrs, obs_id
         )
-    n_class = None
-    if probs is not None:
-        groups["posterior_predictive"], n_obs["probs"], n_class = _posterior_predictive_group(
-            probs, layout, group_attrs
+    n_class = n_test_class = None
+    if predictions is not None:
+        groups["predictions"], n_test, n_test_class = _predictions_group(predictions, layout, group_attrs)
+    if probs is not None or posterior_predictive is not None:
+        groups["posterior_predictive"], pp_obs, n_class = _posterior_predictive_group(
+            probs, posterior_predictive, layout, group_attrs, obs_id
         )
+        n_obs.update(pp_obs)
     truncated: dict[str, list[int]] = {}
     if posterior:
         groups["posterior"], truncated = _posterior_group(posterior, layout, max_coords, group_attrs)
     if sample_stats:
         groups["sample_stats"] = _sample_stats_group(sample_stats, layout, group_attrs)
     if labels is not None:
-        groups["observed_data"], n_obs["labels"] = _observed_data_group(labels, group_attrs)
+        groups["observed_data"], n_obs["labels"] = _observed_data_group(labels, group_attrs, obs_id)
         if n_class is not None:
             y = groups["observed_data"]["y"].values
             if y.size and (y.min() < 0 or y.max() >= n_class):
                 raise ValueError(f"labels must lie in [0, {n_class}) (the classes of probs)")
+    if prediction_labels is not None:
+        groups["predictions_constant_data"], n_labels = _predictions_constant_data_group(
+            prediction_labels, group_attrs
+        )
+        if predictions is not None:
+            if n_labels != n_test:
+                raise ValueError(f"predictions cover {n_test} examples but prediction_labels {n_labels}")
+            y = groups["predictions_constant_data"]["y"].values
+            if y.size and (y.min() < 0 or y.max() >= n_test_class):
+                raise ValueError(f"prediction_labels must lie in [0, {n_test_class}) (the classes of predictions)")
 
     if len(set(n_obs.values())) > 1:
         raise ValueError(f"inputs disagree on the number of observations: {n_obs}")
+    if obs_id is not None and not n_obs:
+        raise ValueError("obs_id names the observations of log_likelihood / probs / labels: none were given")
 
-    attrs = {"method": method, "options": _encode_options(options)}
+    out_attrs = {**dict(attrs or {}), "method": method, "options": _encode_options(options)}
     if truncated:
-        attrs["truncated"] = json.dumps(truncated, sort_keys=True)
-    return az.InferenceData(attrs=attrs, **groups)
+        out_attrs["truncated"] = json.dumps(truncated, sort_keys=True)
+    return az.InferenceData(attrs=out_attrs, **groups)
+
+
+def check_idata_schema(idata: az.InferenceData) -> tuple[int, int]:
+    """Check that ``idata``'s groups mean what ArviZ means; return its ``(chains, draws)``.
+
+    * every group of :data:`SAMPLED_GROUPS` present has dims ``chain`` and ``draw`` of the same
+      sizes and coordinates (draw s of each is the same posterior draw);
+    * ``log_likelihood["y"]`` is finite over ``(chain, draw, obs_id)``, and ``observed_data["y"]``
+      exists over the same ``obs_id`` coordinates (the data the log-likelihood is of), its
+      temperature (when recorded) > 0;
+    * ``posterior_predictive["y"]`` (when present) holds integer draws over the same ``obs_id``;
+    * ``predictions["y_prob"]`` (when present) holds probabilities over ``(test_id, class)`` and
+      ``predictions_constant_data["y"]``, when present, the same ``test_id``.
+
+    Raises
+    ------
+    ValueError
+        Listing every problem found.
+    """
+    problems: list[str] = []
+    sizes: dict[str, tuple[int, int]] = {}
+    draws_coord: dict[str, tuple] = {}
+    groups = set(idata.groups())
+    for name in SAMPLED_GROUPS:
+        if name not in groups:
+            continue
+        ds = idata[name]
+        if "chain" not in ds.dims or "draw" not in ds.dims:
+            problems.append(f"{name} lacks the sample dims chain and draw (dims {dict(ds.sizes)})")
+            continue
+        sizes[name] = (int(ds.sizes["chain"]), int(ds.sizes["draw"]))
+        draws_coord[name] = (tuple(ds["chain"].values.tolist()), tuple(ds["draw"].values.tolist()))
+    if len(set(sizes.values())) > 1:
+        problems.append(f"the sampled groups disagree on (chain, draw): {sizes}")
+    elif len(set(draws_coord.values())) > 1:
+        problems.append("the sampled groups have the same (chain, draw) sizes but different coordinates")
+
+    def obs_ids(group: str, var: str, dim: str = "obs_id"):
+        ds = idata[group]
+        if var not in ds:
+            problems.append(f"{group} has no variable {var!r}")
+            return None
+        if dim not in ds[var].dims:
+            problems.append(f"{group}[{var!r}] has dims {ds[var].dims}, no {dim!r}")
+            return None
+        return ds[dim].values
+
+    observed = obs_ids("observed_data", "y") if "observed_data" in groups else None
+    if "log_likelihood" in groups:
+        ll_ids = obs_ids("log_likelihood", "y")
+        if ll_ids is not None:
+            if not np.all(np.isfinite(idata.log_likelihood["y"].values)):
+                problems.append("log_likelihood['y'] is not finite")
+            if observed is None:
+                problems.append("log_likelihood without observed_data['y']: whose likelihood is it?")
+            elif not np.array_equal(ll_ids, observed):
+                problems.append("log_likelihood and observed_data have different obs_id")
+        temp = idata.log_likelihood.attrs.get("temperature")
+        if temp is not None and not float(temp) > 0:
+            problems.append(f"log_likelihood temperature must be > 0, got {temp}")
+    if "posterior_predictive" in groups and "y" in idata.posterior_predictive:
+        pp_ids = obs_ids("posterior_predictive", "y")
+        y = idata.posterior_predictive["y"].values
+        if not np.issubdtype(y.dtype, np.integer):
+            problems.append(f"posterior_predictive['y'] must hold draws of y (integers), got {y.dtype}")
+        if pp_ids is not None and observed is not None and not np.array_equal(pp_ids, observed):
+            problems.append("posterior_predictive and observed_data have different obs_id")
+    if "predictions" in groups:
+        test_ids = obs_ids("predictions", "y_prob", "test_id")
+        if test_ids is not None:
+            prob = idata.predictions["y_prob"].values
+            if prob.size and float(np.abs(prob.sum(-1) - 1).max()) > PROB_SUM_TOL:
+                problems.append("predictions['y_prob'] rows do not sum to 1")
+            if "predictions_constant_data" in groups:
+                const = obs_ids("predictions_constant_data", "y", "test_id")
+                if const is not None and not np.array_equal(const, test_ids):
+                    problems.append("predictions and predictions_constant_data have different test_id")
+    if problems:
+        raise ValueError("InferenceData schema: " + "; ".join(problems))
+    return next(iter(sizes.values()), (0, 0))
 
 
 def save_idata(idata: az.InferenceData, path: Any) -> str:
@@ -455,8 +650,11 @@ def convergence(idata: az.InferenceData, var_names: Sequence[str] | None = None)
 
 def _reff(idata: az.InferenceData) -> float | None:
     # ArviZ estimates the relative efficiency from the posterior group and refuses without one;
-    # draws of sampled approximations (ensembles, grids, Laplace samples) are independent.
-    return None if "posterior" in idata.groups() else 1.0
+    # draws of sampled approximations (ensembles, grids, Laplace samples) are independent, and
+    # posterior_idata says so in attrs["independent_draws"].
+    if "posterior" not in idata.groups() or int(idata.attrs.get("independent_draws", 0)) == 1:
+        return 1.0
+    return None
 
 
 def loo(idata: az.InferenceData, *, pointwise: bool = False, reff: float | None = None) -> Any:
@@ -466,9 +664,18 @@ def loo(idata: az.InferenceData, *, pointwise: bool = False, reff: float | None 
               \\frac{\\sum_s w_{is}\\, p(y_i | \\theta_s)}{\\sum_s w_{is}}
 
     with Pareto-smoothed importance weights ``w_is ∝ 1 / p(y_i | θ_s)`` (Vehtari et al. 2017).
-    Uses ``log_likelihood["y"]``. Without a posterior group the draws are taken as independent
-    (``reff = 1``), which ArviZ would otherwise refuse. Pareto k > 0.7 (ArviZ warns) means the
-    estimate for that observation is unreliable.
+    Uses ``log_likelihood["y"]``, which must be the likelihood of the observations the posterior
+    conditioned on (leaving one out of a posterior that never contained it estimates nothing).
+    Without a posterior group, or with ``attrs["independent_draws"] == 1``, the draws are taken
+    as independent (``reff = 1``), which ArviZ would otherwise refuse or estimate. Pareto k > 0.7
+    (ArviZ warns) means the estimate for that observation is unreliable.
+
+    With a likelihood temperature T (``log_likelihood.attrs["temperature"]``, the posterior
+    ∝ p(θ) Π_j p(y_j | θ)^{1/T}) and the untempered log p stored, the weights 1/p remove a
+    factor p(y_i | θ) of weight 1 where the posterior held weight 1/T: the estimate is
+    Σ_i log ∫ p(y_i | θ) q_{-i}(θ) dθ with q_{-i} ∝ p(θ) p(y_i | θ)^{1/T − 1} Π_{j≠i} p(y_j | θ)^{1/T}.
+    T = 1 is exact leave-one-out; T > 1 pushes the posterior away from y_i (a conservative
+    elpd), T < 1 keeps part of y_i in (an optimistic one).
 
     Returns
     -------
@@ -528,7 +735,10 @@ def compare_loo(
     """Rank methods by their estimated predictive density (:func:`arviz.compare`).
 
     The pointwise ELPDs are computed here first (:func:`loo` or :func:`waic`), so methods
-    without a posterior group can be compared too. All models must share the observations.
+    without a posterior group can be compared too. The models are compared on the observations
+    they share: when their ``obs_id`` coordinates differ (posteriors conditioned on different
+    training rows), each log-likelihood is restricted to the ``obs_id`` common to all of them
+    (none in common raises).
 
     Parameters
     ----------
@@ -550,8 +760,23 @@ def compare_loo(
     if ic not in ("loo", "waic"):
         raise ValueError(f"ic must be 'loo' or 'waic', got {ic!r}")
     fn = loo if ic == "loo" else waic
+    models = _common_observations(models)
     elpds = {name: fn(idata, pointwise=True) for name, idata in models.items()}
     with warnings.catch_warnings():
         # arviz 0.23 sorts with ``inplace=True``, which pandas >= 3.1 deprecates; not ours to fix
         warnings.filterwarnings("ignore", message="The inplace keyword")
         return az.compare(elpds, ic=ic, method=method)
+
+
+def _common_observations(models: Mapping[str, az.InferenceData]) -> dict[str, az.InferenceData]:
+    """The models with their log-likelihoods restricted to the ``obs_id`` all of them share."""
+    ids = {name: idata.log_likelihood["y"]["obs_id"].values for name, idata in models.items()}
+    first = next(iter(ids.values()))
+    if all(len(v) == len(first) and np.array_equal(v, first) for v in ids.values()):
+        return dict(models)
+    common = first
+    for v in ids.values():
+        common = np.intersect1d(common, v)
+    if common.size == 0:
+        raise ValueError("the models' log-likelihoods share no observation (obs_id): nothing to compare")
+    return {name: idata.sel(obs_id=common, groups="log_likelihood") for name, idata in models.items()}

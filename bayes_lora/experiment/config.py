@@ -16,12 +16,14 @@ import inspect
 import json
 import math
 import re
+import tomllib
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, ClassVar, get_args, get_origin, get_type_hints
 
-import tomllib
+from ..lora.curve_train import CurveConfig
+from ..lora.train import TrainConfig
+from typing import Any, ClassVar, get_args, get_origin, get_type_hints
 
 from ..data.tasks import SPLITS, TaskSpec, get_task, task_names
 
@@ -203,10 +205,11 @@ class DataConfig:
 class AnchorsConfig:
     count: int = _spec(default=3, ge=1, le=64)
     seeds: tuple[int, ...] = _spec(default=(), ge=0, doc="one per anchor; empty = seed, seed+1, …")
-    epochs: float = _spec(default=1.0, gt=0)
-    lr: float = _spec(default=5e-4, gt=0)
-    batch_size: int = _spec(default=16, ge=1)
-    weight_decay: float = _spec(default=0.0, ge=0)
+    # the training defaults are the library's (lora.train.TrainConfig): one place for both
+    epochs: float = _spec(default=TrainConfig.epochs, gt=0)
+    lr: float = _spec(default=TrainConfig.lr, gt=0)
+    batch_size: int = _spec(default=TrainConfig.batch_size, ge=1)
+    weight_decay: float = _spec(default=TrainConfig.weight_decay, ge=0)
     max_steps: int = _spec(default=0, ge=0, doc="0 = no limit")
     path: str = _spec(default="", doc="use these fine-tuned anchors (an anchors.safetensors of an earlier run) "
                                       "instead of training them; '' = train")
@@ -214,24 +217,25 @@ class AnchorsConfig:
 
 @dataclass(frozen=True)
 class CurveSection:
-    degree: int = _spec(default=2, ge=2, le=8)
-    anchored: bool = _spec(default=True)
-    epochs: float = _spec(default=2.0, gt=0)
-    lr: float = _spec(default=1e-3, gt=0)
-    batch_size: int = _spec(default=16, ge=1)
-    js_weight: float = _spec(default=0.05, ge=0)
-    js_points: int = _spec(default=2, ge=2)
-    js_batch: int = _spec(default=4, ge=1)
-    js_grad: str = _spec(default="first", choices=("first", "all"),
+    # the training defaults are the library's (lora.curve_train.CurveConfig): one place for both
+    degree: int = _spec(default=CurveConfig.degree, ge=2, le=8)
+    anchored: bool = _spec(default=CurveConfig.anchored)
+    epochs: float = _spec(default=CurveConfig.epochs, gt=0)
+    lr: float = _spec(default=CurveConfig.lr, gt=0)
+    batch_size: int = _spec(default=CurveConfig.batch_size, ge=1)
+    js_weight: float = _spec(default=CurveConfig.js_weight, ge=0)
+    js_points: int = _spec(default=CurveConfig.js_points, ge=2)
+    js_batch: int = _spec(default=CurveConfig.js_batch, ge=1)
+    js_grad: str = _spec(default=CurveConfig.js_grad, choices=("first", "all"),
                          doc="'first': backpropagate the JS term through the loss point only (weighted by M, "
                              "the same expected gradient, cheaper); 'all': through every point")
-    t_sampling: str = _spec(default="step", choices=("step", "example"),
+    t_sampling: str = _spec(default=CurveConfig.t_sampling, choices=("step", "example"),
                             doc="'step': one t per minibatch; 'example': every example of a minibatch its own t "
                                 "(per-example adapters)")
-    perturbation: str = _spec(default="gaussian", choices=("none", "gaussian", "sam"))
-    sigma: float = _spec(default=1e-3, ge=0)
-    rho: float = _spec(default=0.05, ge=0)
-    init_noise: float = _spec(default=0.0, ge=0)
+    perturbation: str = _spec(default=CurveConfig.perturbation, choices=("none", "gaussian", "sam"))
+    sigma: float = _spec(default=CurveConfig.sigma, ge=0)
+    rho: float = _spec(default=CurveConfig.rho, ge=0)
+    init_noise: float = _spec(default=CurveConfig.init_noise, ge=0)
     max_steps: int = _spec(default=0, ge=0, doc="0 = no limit")
     path_points: int = _spec(default=11, ge=3, le=201)
     path_examples: int = _spec(default=0, ge=0, doc="test examples the paths are evaluated on; 0 = all")
@@ -241,6 +245,12 @@ class CurveSection:
 class EvaluationConfig:
     num_samples: int = _spec(default=8, ge=1, le=4096)
     batch_size: int = _spec(default=64, ge=1)
+    loo_examples: int = _spec(default=256, ge=1, doc="training examples of each InferenceData's log_likelihood")
+    idata_draws: int = _spec(default=32, ge=1, le=4096,
+                             doc="draws of each InferenceData: MCMC chains thinned to it in all, sampled "
+                                 "approximations drawn with at least this many (PSIS-LOO needs >= 21)")
+    idata_predictions: bool = _spec(default=False, doc="also predict the test set at the InferenceData's draws "
+                                                       "(its `predictions` group; one more test pass per method)")
 
 
 @dataclass(frozen=True)

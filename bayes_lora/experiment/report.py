@@ -1,4 +1,10 @@
-"""The outputs of a run: results.json / results.csv, idata/*.nc, figures/*.png and report.md."""
+"""The outputs of a run: results.json / results.csv, idata/*.nc, figures/*.png and report.md.
+
+``idata/<label>.nc`` is each method's InferenceData (every group at the same thinned draws, the
+log-likelihood on training examples; see :func:`~bayes_lora.experiment.evaluate.posterior_idata`);
+``idata/chains/<label>.nc`` holds every draw of every chain of an MCMC posterior (posterior and
+sample_stats only), from which the convergence diagnostics and the trace and rank plots are made.
+"""
 from __future__ import annotations
 
 import csv
@@ -59,6 +65,10 @@ def write_report(runner, results: dict) -> None:
         src = runner.store.path(f"eval:{label}") / "idata.nc"
         if src.is_file():
             shutil.copyfile(src, out / "idata" / f"{label}.nc")
+        chains = runner.store.path(f"eval:{label}") / "chains.nc"
+        if chains.is_file():
+            (out / "idata" / "chains").mkdir(exist_ok=True)
+            shutil.copyfile(chains, out / "idata" / "chains" / f"{label}.nc")
     figures = _figures(runner, results)
     atomic_write_bytes(out / "report.md", _markdown(runner, results, rows, figures).encode())
 
@@ -104,7 +114,9 @@ def _figures(runner, results: dict) -> list[tuple[str, str]]:
 
     for label, m in runner.cfg.methods.items():
         if m.method == "curve" and m.options.get("inference", "nuts") in ("nuts", "hmc", "slice"):
-            nc = runner.out / "idata" / f"{label}.nc"
+            nc = runner.out / "idata" / "chains" / f"{label}.nc"  # every draw, not the thinned ones
+            if not nc.is_file():
+                nc = runner.out / "idata" / f"{label}.nc"
             if nc.is_file():
                 idata = load_idata(nc)
                 save(f"trace_{label}.png", f"Trace of the curve position t ({label})",
@@ -144,6 +156,7 @@ def _markdown(runner, results: dict, rows: list[dict], figures: list[tuple[str, 
             lines.append(f"| {k} | {m['r_hat']:.4f} | {m['ess_bulk']:.0f} | {m['ess_tail']:.0f} | "
                          f"{m.get('num_divergences', '–')} |")
         lines += ["", "Trust the curve posterior when R-hat < 1.01, ESS ≥ 100 and no transition diverged.", ""]
+    lines += _loo_lines(results)
     if results.get("paths"):
         lines += ["## Paths between optima", "", "| path | barrier | min accuracy | max loss |", "|---|---:|---:|---:|"]
         for name, p in results["paths"].items():
@@ -158,6 +171,33 @@ def _markdown(runner, results: dict, rows: list[dict], figures: list[tuple[str, 
         for name, caption in figures:
             lines += [f"![{caption}](figures/{name})", "", f"*{caption}*", ""]
     return "\n".join(lines)
+
+
+def _loo_lines(results: dict) -> list[str]:
+    """The PSIS-LOO / WAIC table: on training examples the posteriors conditioned on."""
+    loos = {k: m["loo"] for k, m in results["methods"].items() if isinstance(m.get("loo"), dict)}
+    if not loos:
+        return []
+
+    def f(v, fmt):
+        return "–" if v is None else format(v, fmt)
+
+    lines = ["## PSIS-LOO and WAIC on training examples", "",
+             "| method | examples | draws | T | elpd_loo | se | p_loo | Pareto k > 0.7 | max k | elpd_waic |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for k, r in loos.items():
+        lines.append(f"| {k} | {r['examples']} | {r['draws']} | {f(r.get('temperature'), 'g')} | "
+                     f"{f(r.get('elpd_loo'), '.2f')} | {f(r.get('se'), '.2f')} | {f(r.get('p_loo'), '.2f')} | "
+                     f"{r.get('pareto_k_gt_0.7', 0)} of {r['examples']} | "
+                     f"{'∞' if r.get('pareto_k_inf') else f(r.get('pareto_k_max'), '.2f')} | "
+                     f"{f(r.get('elpd_waic'), '.2f')} |")
+    lines += ["", ("Leave-one-out on (a seeded subset of) the training examples each posterior conditioned on, "
+              "at the draws stored in `idata/<method>.nc` (their log-likelihood is untempered; T is the "
+              "likelihood temperature of the fit — for T ≠ 1 PSIS-LOO removes an example with weight 1 from a "
+              "posterior that held it with weight 1/T). Pareto k > 0.7 marks examples whose estimate is "
+              "unreliable (k = ∞: too few draws to fit the tail, which takes at least 21); a single draw (MAP, closed-form predictives) has nothing to reweight: its elpd is "
+              "the log predictive density. The test-set numbers are in the table above."), ""]
+    return lines
 
 
 def compare_runs(dirs: list[str | Path]) -> list[dict[str, Any]]:

@@ -22,14 +22,23 @@ from ..lora.train import NumericalError
 from .config import ExperimentConfig, dump_toml, hash_json
 from .config import smoke as smoke_config
 from .distributed import Cluster
-from .evaluate import Evaluation, evaluate, mcmc_diagnostics, posterior_idata
+from .evaluate import (
+    Evaluation,
+    chains_idata,
+    evaluate,
+    loo_summary,
+    mcmc_diagnostics,
+    posterior_idata,
+)
 from .stages import StageRecord, StageStore
 
 #: bumped when a stage's computation or files change meaning, so older stage folders are recomputed
 #: (3: the first-token last layer of BERT suffixes, the exact evidence prior, the dev-chosen VI defaults;
 #: 4: the curve posteriors' predictive draws stratified by t; 5: tasks loaded from their description, Matthews
-#: correlation and per-class accuracy in every evaluation)
-STAGES_FORMAT = 5
+#: correlation and per-class accuracy in every evaluation; 6: InferenceData groups as ArviZ means them —
+#: log-likelihood and posterior predictive draws on training examples, test probabilities in `predictions`,
+#: every group at the same thinned draws, the full chains in chains.nc, PSIS-LOO / WAIC in metrics.json)
+STAGES_FORMAT = 6
 
 
 @dataclass
@@ -348,13 +357,19 @@ class Runner:
             if e.ood is not None:
                 tensors["ood_probs"] = e.ood.probs
             save_tensors(folder / "predictions.safetensors", tensors)
-            idata = posterior_idata(post, e, label=label)
-            diag = mcmc_diagnostics(idata)
+            # groups at the same thinned draws, log-likelihood on training examples (seeded by the fit's seed)
+            idata = posterior_idata(post, e, train=p.train, label=label, seed=self.cfg.seed, batch_size=ev.batch_size,
+                                    loo_examples=ev.loo_examples, max_draws=ev.idata_draws, min_draws=ev.idata_draws,
+                                    predictions=ev.idata_predictions)
+            chains = chains_idata(post, label=label)  # every draw, for R-hat / ESS / trace plots
+            diag = mcmc_diagnostics(chains if chains is not None else idata)
             if diag.get("num_divergences", 0) > 0 or diag.get("r_hat", 1.0) > 1.01 or diag.get("ess_bulk", 1e9) < 100:
                 self.log(f"[eval:{label}] warning: MCMC diagnostics of t — R-hat {diag['r_hat']:.3f}, bulk ESS "
                          f"{diag['ess_bulk']:.0f}, {diag.get('num_divergences', 0)} divergent transitions")
-            atomic_write_json(folder / "metrics.json", {**e.metrics, **diag})
+            atomic_write_json(folder / "metrics.json", {**e.metrics, **diag, "loo": loo_summary(idata)})
             save_idata(idata, folder / "idata.nc")
+            if chains is not None:
+                save_idata(chains, folder / "chains.nc")
 
         folder = self._stage(f"eval:{label}", self.key("eval", label), build)
         return json.loads((folder / "metrics.json").read_text())

@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 import torch
@@ -220,6 +221,31 @@ class Posterior:
     fm: the functional model the posterior predicts with.
     options: the options it was fitted with (JSON-able).
     info: fit time, losses, and the method's own statistics.
+
+    **Draws, chains and InferenceData.** What
+    :func:`~bayes_lora.experiment.evaluate.posterior_idata` needs to give every ArviZ group the
+    same ``(chain, draw)``; a new posterior (e.g. a user-written Pyro model) implements it too:
+
+    * ``num_chains: int`` (default 1): the chains its draws come in.
+    * ``thinned(max_draws: int) -> Posterior``: a posterior whose draws are at most ``max_draws``
+      of this one's, kept chain by chain: ``num_chains`` × k draws in chain-major order, with
+      ``default_num_samples`` = ``num_chains`` × k, such that ``predict(task, num_samples=None
+      or num_chains*k, seed=any)`` and ``latent_samples(num_chains*k, seed=any)`` return exactly
+      those draws in that order (and :attr:`sample_stats` their per-draw statistics). The default
+      returns ``self``: an i.i.d. sampled approximation (one chain), for which ``predict`` and
+      ``latent_samples`` with the same ``(n, seed)`` give the same draws — the InferenceData
+      then uses the evaluation's own number of samples and seed.
+    * ``predicts_at_latents: bool`` (default True): whether draw s of ``predict`` is the model
+      at draw s of ``latent_samples``. False for a predictive that is not an average over latent
+      draws (Laplace's GLM predictive); the InferenceData then has no ``posterior`` group.
+    * ``sample_stats``: per-draw sampler statistics (``diverging``, ``energy``, ``n_steps``, ...),
+      each [num_chains, draws] for the draws of ``latent_samples(num_chains * draws)``; empty
+      for sampled approximations.
+    * ``temperature: float``: the likelihood temperature T the posterior was fitted with
+      (log-likelihood divided by T; default ``options["temperature"]``, else 1).
+    * ``likelihood_rows(train, *, seed) -> Tensor | None``: the rows of the training task the
+      likelihood conditioned on (None: all of them; ``seed`` is the fit's, ``FitContext.seed``,
+      for a likelihood on a seeded subset).
     """
 
     method: ClassVar[str] = "posterior"
@@ -228,11 +254,38 @@ class Posterior:
     #: number of distinct atoms of a finite posterior (MAP: 1, ensemble: M); None = continuous.
     #: Evaluations never draw more samples than this (more would repeat the same predictions).
     num_atoms: int | None = None
+    #: the chains the draws come in (sampled approximations: one)
+    num_chains: int = 1
+    #: whether draw s of ``predict`` is the model at draw s of ``latent_samples``
+    predicts_at_latents: bool = True
+    #: per-draw sampler statistics, each [num_chains, draws] (none for sampled approximations)
+    sample_stats: Mapping[str, Any] = MappingProxyType({})
 
     def __init__(self, fm: FunctionalModel, options: Mapping[str, Any] | None = None, info: FitInfo | None = None):
         self.fm = fm
         self.options = dict(options or {})
         self.info = info or FitInfo()
+
+    # --- draws for InferenceData -----------------------------------------------------------
+    def thinned(self, max_draws: int) -> Posterior:
+        """At most ``max_draws`` of the draws, chain by chain (see the class doc). A sampled
+        approximation draws i.i.d. samples on demand: it is its own thinning."""
+        if isinstance(max_draws, bool) or int(max_draws) < 1:
+            raise ValueError(f"max_draws must be ≥ 1, got {max_draws!r}")
+        return self
+
+    @property
+    def temperature(self) -> float:
+        """The likelihood temperature T of the fit (log-likelihood / T); 1 when it has none."""
+        return float(self.__dict__.get("_temperature", self.options.get("temperature", 1.0)))
+
+    @temperature.setter
+    def temperature(self, value: float) -> None:
+        self._temperature = float(value)
+
+    def likelihood_rows(self, train: EncodedTask, *, seed: int = 0) -> Tensor | None:
+        """The rows of ``train`` the likelihood conditioned on; None: all of them."""
+        return None
 
     # --- sampling -------------------------------------------------------------------------
     def sample_thetas(self, n: int, *, seed: int = 0) -> Tensor:

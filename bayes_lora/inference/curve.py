@@ -79,6 +79,62 @@ class CurvePosterior(Posterior):
             out["z"] = self.z.reshape(-1, self.z.shape[-1])[idx]
         return out
 
+    # --- draws for InferenceData (the protocol of Posterior) ------------------------------
+    #: entries of ``info.stats`` that hold one value per draw ([chains][draws] when present)
+    PER_DRAW_STATS = ("diverging", "energy", "n_steps", "tree_depth", "lp", "potential_energy", "accept_prob")
+
+    @property
+    def num_chains(self) -> int:
+        return self.t.shape[0]
+
+    @property
+    def temperature(self) -> float:
+        """The likelihood temperature T of the curve posterior (``spec.temperature``)."""
+        return float(self.model.spec.temperature)
+
+    @property
+    def sample_stats(self) -> dict[str, Tensor]:
+        """The per-draw sampler statistics of ``info.stats`` ([chains, draws], like ``t``)."""
+        out = {}
+        for name in self.PER_DRAW_STATS:
+            value = (self.info.stats or {}).get(name)
+            if value is not None and torch.as_tensor(value).shape == self.t.shape:
+                out[name] = torch.as_tensor(value)
+        return out
+
+    def likelihood_rows(self, train, *, seed: int = 0) -> Tensor | None:
+        """The training rows of the likelihood: the ``likelihood_examples`` rows :class:`TaskLogits`
+        draws with the fit's ``seed`` (``FitContext.seed``), or None for every row."""
+        n = self.model.spec.likelihood_examples
+        if n is None or n >= len(train):
+            return None
+        g = torch.Generator().manual_seed(int(seed))
+        return torch.randperm(len(train), generator=g)[:n].sort().values
+
+    def thinned(self, max_draws: int) -> CurvePosterior:
+        """At most ``max_draws`` draws: each chain evenly thinned to k = max_draws // chains of its
+        draws (its last draw kept; every draw when k ≥ the draws per chain), t and z alike, with
+        the per-draw sampler statistics thinned the same way. The result predicts and gives
+        latents at exactly these chains × k draws, chain-major (``num_samples`` None or
+        chains × k)."""
+        if isinstance(max_draws, bool) or int(max_draws) < 1:
+            raise ValueError(f"max_draws must be ≥ 1, got {max_draws!r}")
+        chains, draws = self.t.shape
+        keep = min(chains, int(max_draws))
+        k = max(1, min(draws, int(max_draws) // keep))
+        idx = torch.arange(1, k + 1) * draws // k - 1  # evenly spaced, ending at the last draw
+        stats = dict(self.info.stats or {})
+        for name, value in self.sample_stats.items():
+            stats[name] = value[:keep, idx].tolist()
+        if keep < chains:  # per-chain entries (step size, acceptance rate, ...) of the chains kept
+            stats.update({name: value[:keep] for name, value in stats.items()
+                          if isinstance(value, list) and len(value) == chains and name not in self.sample_stats})
+        stats["thinned_from"] = [chains, draws]
+        post = CurvePosterior(self.fm, self.model, self.t[:keep, idx], self.z[:keep, idx], options=self.options,
+                              info=FitInfo(self.info.seconds, tuple(self.info.losses), stats))
+        post.default_num_samples = post.num_draws
+        return post
+
     @torch.no_grad()
     def sample_thetas(self, n: int, *, seed: int = 0) -> Tensor:
         lat = self.latent_samples(n, seed=seed)
@@ -99,7 +155,8 @@ class CurvePosterior(Posterior):
         K, n = meta["segments"], meta["degree"]
         curve = _curve_from_points(cp, K, n)
         train = ctx.train if ctx is not None else None
-        lik = TaskLogits(fm, train, examples=spec.likelihood_examples) if train is not None else None
+        lik = (TaskLogits(fm, train, examples=spec.likelihood_examples, seed=ctx.seed) if train is not None
+               else None)  # the fit's seeded subset of likelihood examples
         model = CurveModel(spec, curve, FullSpace(fm.layout), lik)
         return cls(fm, model, tensors["t"], tensors["z"])
 
@@ -204,19 +261,21 @@ def fit_curve(
 
 # --- NUTS / HMC ------------------------------------------------------------------------------
 def _run_mcmc(model, kind, num_samples, warmup, num_chains, seed, max_tree_depth):
-    import pyro
     from pyro.infer import HMC, MCMC, NUTS
     from pyro.infer.autoguide.initialization import init_to_uniform
 
+    from ..lora.rng import seeded
+
     ts, zs, stats = [], [], {"divergences": [], "step_size": [], "acceptance_rate": [], "diverging": []}
     for c in range(num_chains):
-        pyro.set_rng_seed(seed * 1000 + c)
-        pyro.clear_param_store()
-        kwargs = {"adapt_step_size": True, "init_strategy": init_to_uniform(radius=1.0), "jit_compile": False}
-        kernel = (NUTS(model, max_tree_depth=max_tree_depth, **kwargs) if kind == "nuts"
-                  else HMC(model, num_steps=8, **kwargs))
-        mcmc = MCMC(kernel, num_samples=num_samples, warmup_steps=warmup, num_chains=1, disable_progbar=True)
-        mcmc.run()
+        # chain c: the global RNGs seeded by seed·1000 + c and an empty Pyro param store, both
+        # restored on exit (the caller's RNG state and parameters are untouched)
+        with seeded(seed * 1000 + c, pyro_params=True):
+            kwargs = {"adapt_step_size": True, "init_strategy": init_to_uniform(radius=1.0), "jit_compile": False}
+            kernel = (NUTS(model, max_tree_depth=max_tree_depth, **kwargs) if kind == "nuts"
+                      else HMC(model, num_steps=8, **kwargs))
+            mcmc = MCMC(kernel, num_samples=num_samples, warmup_steps=warmup, num_chains=1, disable_progbar=True)
+            mcmc.run()
         samples = mcmc.get_samples()
         ts.append(samples["t"].reshape(-1))
         if "z" in samples:
@@ -248,66 +307,68 @@ def _potential(model):
 def _run_slice(model, num_samples, warmup, num_chains, seed, width: float = 1.0, max_steps: int = 20):
     """Univariate slice sampling with stepping out (Neal 2003), coordinate by coordinate, on the
     unconstrained latents of the same potential NUTS uses."""
-    import pyro
+    from ..lora.rng import seeded
 
-    pyro.set_rng_seed(seed)
-    init, potential_fn, transforms = _potential(model)
-    names = list(init)
-    shapes = {k: v.shape for k, v in init.items()}
-    sizes = [int(torch.Size(shapes[k]).numel()) for k in names]
+    # the initial trace draws from the global RNG (the chains from their own generators): seeded
+    # by ``seed`` in a scope that restores the caller's RNG state and Pyro param store on exit
+    with seeded(seed, pyro_params=True):
+        init, potential_fn, transforms = _potential(model)
+        names = list(init)
+        shapes = {k: v.shape for k, v in init.items()}
+        sizes = [int(torch.Size(shapes[k]).numel()) for k in names]
 
-    def unflat(x):
-        out, lo = {}, 0
-        for k, s in zip(names, sizes):
-            out[k] = x[lo : lo + s].reshape(shapes[k])
-            lo += s
-        return out
+        def unflat(x):
+            out, lo = {}, 0
+            for k, s in zip(names, sizes):
+                out[k] = x[lo : lo + s].reshape(shapes[k])
+                lo += s
+            return out
 
-    def logp(x):
-        with torch.no_grad():
-            return -float(potential_fn(unflat(x)))
+        def logp(x):
+            with torch.no_grad():
+                return -float(potential_fn(unflat(x)))
 
-    ts, zs, evals = [], [], 0
-    for c in range(num_chains):
-        g = torch.Generator().manual_seed(seed * 1000 + c)
-        x = (torch.rand(sum(sizes), generator=g) * 2 - 1)
-        lp = logp(x)
-        keep_t, keep_z = [], []
-        for it in range(warmup + num_samples):
-            for j in range(x.numel()):
-                y = lp + math.log(float(torch.rand(1, generator=g)) + 1e-300)
-                u = float(torch.rand(1, generator=g))
-                lo, hi = x[j] - width * u, x[j] + width * (1 - u)
-                for _ in range(max_steps):
-                    xl = x.clone(); xl[j] = lo; evals += 1
-                    if logp(xl) <= y:
-                        break
-                    lo -= width
-                for _ in range(max_steps):
-                    xh = x.clone(); xh[j] = hi; evals += 1
-                    if logp(xh) <= y:
-                        break
-                    hi += width
-                while True:
-                    cand = x.clone()
-                    cand[j] = lo + (hi - lo) * float(torch.rand(1, generator=g))
-                    lc = logp(cand); evals += 1
-                    if lc > y:
-                        x, lp = cand, lc
-                        break
-                    if cand[j] < x[j]:
-                        lo = float(cand[j])
-                    else:
-                        hi = float(cand[j])
-            if it >= warmup:
-                constrained = {k: transforms[k].inv(v) for k, v in unflat(x).items()}
-                keep_t.append(constrained["t"].reshape(()))
-                if "z" in constrained:
-                    keep_z.append(constrained["z"].reshape(-1))
-        ts.append(torch.stack(keep_t))
-        if keep_z:
-            zs.append(torch.stack(keep_z))
-    return torch.stack(ts), (torch.stack(zs) if zs else None), {"kernel": "slice", "potential_evals": evals}
+        ts, zs, evals = [], [], 0
+        for c in range(num_chains):
+            g = torch.Generator().manual_seed(seed * 1000 + c)
+            x = (torch.rand(sum(sizes), generator=g) * 2 - 1)
+            lp = logp(x)
+            keep_t, keep_z = [], []
+            for it in range(warmup + num_samples):
+                for j in range(x.numel()):
+                    y = lp + math.log(float(torch.rand(1, generator=g)) + 1e-300)
+                    u = float(torch.rand(1, generator=g))
+                    lo, hi = x[j] - width * u, x[j] + width * (1 - u)
+                    for _ in range(max_steps):
+                        xl = x.clone(); xl[j] = lo; evals += 1
+                        if logp(xl) <= y:
+                            break
+                        lo -= width
+                    for _ in range(max_steps):
+                        xh = x.clone(); xh[j] = hi; evals += 1
+                        if logp(xh) <= y:
+                            break
+                        hi += width
+                    while True:
+                        cand = x.clone()
+                        cand[j] = lo + (hi - lo) * float(torch.rand(1, generator=g))
+                        lc = logp(cand); evals += 1
+                        if lc > y:
+                            x, lp = cand, lc
+                            break
+                        if cand[j] < x[j]:
+                            lo = float(cand[j])
+                        else:
+                            hi = float(cand[j])
+                if it >= warmup:
+                    constrained = {k: transforms[k].inv(v) for k, v in unflat(x).items()}
+                    keep_t.append(constrained["t"].reshape(()))
+                    if "z" in constrained:
+                        keep_z.append(constrained["z"].reshape(-1))
+            ts.append(torch.stack(keep_t))
+            if keep_z:
+                zs.append(torch.stack(keep_z))
+        return torch.stack(ts), (torch.stack(zs) if zs else None), {"kernel": "slice", "potential_evals": evals}
 
 
 # --- SVI ------------------------------------------------------------------------------------
@@ -317,35 +378,38 @@ def _run_svi(model, guide_name, steps, lr, num_samples, seed):
     from pyro.infer.autoguide import AutoLowRankMultivariateNormal, AutoNormal
     from pyro.optim import Adam
 
-    pyro.set_rng_seed(seed)
-    pyro.clear_param_store()
-    if guide_name == "normal":
-        guide: Any = AutoNormal(model, init_scale=0.1)
-    elif guide_name == "lowrank":
-        guide = AutoLowRankMultivariateNormal(model, init_scale=0.1)
-    else:
-        raise ValueError(f"guide must be 'normal' or 'lowrank', got {guide_name!r}")
-    svi = SVI(model, guide, Adam({"lr": lr}), Trace_ELBO())
-    losses = []
-    for step in range(steps):
-        loss = svi.step()
-        if not math.isfinite(loss):
-            raise NumericalError(f"curve SVI: the ELBO became {loss} at step {step} (lower svi_lr)", step=step)
-        losses.append(loss)
-    with torch.no_grad():
-        draws = [guide() for _ in range(num_samples)]
-    t = torch.stack([d["t"].reshape(()) for d in draws]).reshape(1, -1)
-    z = torch.stack([d["z"].reshape(-1) for d in draws]).reshape(1, num_samples, -1) if "z" in draws[0] else None
-    stats = {"kernel": f"svi-{guide_name}", "final_elbo": -losses[-1],
-             "guide": {k: v.detach().reshape(-1).tolist() for k, v in pyro.get_param_store().items()}}
-    return t, z, stats, losses
+    from ..lora.rng import seeded
+
+    # the global RNGs seeded by ``seed`` and an empty Pyro param store, both restored on exit (the
+    # caller's RNG state and parameters are untouched); the guide's parameters are read inside
+    with seeded(seed, pyro_params=True):
+        if guide_name == "normal":
+            guide: Any = AutoNormal(model, init_scale=0.1)
+        elif guide_name == "lowrank":
+            guide = AutoLowRankMultivariateNormal(model, init_scale=0.1)
+        else:
+            raise ValueError(f"guide must be 'normal' or 'lowrank', got {guide_name!r}")
+        svi = SVI(model, guide, Adam({"lr": lr}), Trace_ELBO())
+        losses = []
+        for step in range(steps):
+            loss = svi.step()
+            if not math.isfinite(loss):
+                raise NumericalError(f"curve SVI: the ELBO became {loss} at step {step} (lower svi_lr)", step=step)
+            losses.append(loss)
+        with torch.no_grad():
+            draws = [guide() for _ in range(num_samples)]
+        t = torch.stack([d["t"].reshape(()) for d in draws]).reshape(1, -1)
+        z = torch.stack([d["z"].reshape(-1) for d in draws]).reshape(1, num_samples, -1) if "z" in draws[0] else None
+        stats = {"kernel": f"svi-{guide_name}", "final_elbo": -losses[-1],
+                 "guide": {k: v.detach().reshape(-1).tolist() for k, v in pyro.get_param_store().items()}}
+        return t, z, stats, losses
 
 
 # --- grid quadrature ------------------------------------------------------------------------
 def grid_posterior(model: CurveModel, grid_points: int = 201) -> tuple[Tensor, Tensor]:
     """Exact p(t | D) on a grid: (t [G], density [G]) normalised by the trapezoid rule."""
     t = torch.linspace(0, 1, grid_points)
-    logpost = model.log_likelihood_grid(t) + model.spec.t_prior.log_density(t)
+    logpost = model.log_likelihood_grid(t) + model.t_log_prior(t)
     dens = (logpost - logpost.max()).exp()
     dens = dens / torch.trapezoid(dens, t)
     return t, dens

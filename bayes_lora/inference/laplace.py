@@ -234,6 +234,8 @@ class LaplacePosterior(Posterior):
         deterministic = self.predictive is Predictive.GLM and self.link is Link.PROBIT
         self.default_num_samples = 1 if deterministic else 16
         self.num_atoms = 1 if deterministic else None
+        # the GLM predictive linearises around ŵ: its draws are not the network at draws of w
+        self.predicts_at_latents = self.predictive is Predictive.SAMPLED
 
     @property
     def space_kind(self) -> str:

@@ -8,8 +8,9 @@ that dropout on at prediction and averages S stochastic passes at the fine-tuned
 Only the LoRA dropout modules are switched to training mode (the frozen backbone's own dropout
 stays off), with rate ``p`` whatever rate the model was built with (a model built with
 ``lora_dropout=0`` holds ``nn.Identity`` there, which is swapped for ``nn.Dropout(p)``); the
-model is restored afterwards. Sample s runs under ``torch.manual_seed(seed + s)`` inside a
-forked RNG, so the same seed gives the same masks and the caller's RNG state is untouched.
+model is restored afterwards. Sample s runs with the global RNGs seeded by ``seed + s`` inside
+:func:`~bayes_lora.lora.rng.seeded`, so the same seed gives the same masks and the caller's RNG
+state is untouched.
 
 There are no LoRA vectors to sample: the randomness is in the activations, so
 :meth:`MCDropoutPosterior.sample_thetas` raises.
@@ -23,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from ..lora.params import FunctionalModel
+from ..lora.rng import seeded
 from ..types import EncodedTask, FitInfo, Prediction, over_batches
 from .base import FitContext, Posterior
 from .registry import register
@@ -94,8 +96,7 @@ class MCDropoutPosterior(Posterior):
         out = []
         with lora_dropout(self.fm.model, self.p):
             for s in range(n):
-                with torch.random.fork_rng():
-                    torch.manual_seed(int(seed) + s)
+                with seeded(int(seed) + s):
                     out.append(over_batches(task, batch_size, lambda b: task.class_logits(forward, b).softmax(-1)))
         return Prediction(torch.stack(out), task.labels)
 

@@ -35,6 +35,7 @@ _BUILTIN = {
     "swag": "bayes_lora.inference.swag",
     "vi": "bayes_lora.inference.vi",
     "curve": "bayes_lora.inference.curve",
+    "pyro": "bayes_lora.inference.pyro_model",
 }
 
 

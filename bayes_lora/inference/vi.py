@@ -40,6 +40,7 @@ import torch
 from torch import Tensor
 
 from ..lora.params import FunctionalModel
+from ..lora.rng import seeded
 from ..lora.spaces import MaskedSpace, ParameterSpace, ProjectedSpace
 from ..lora.train import NumericalError
 from ..types import EncodedTask, FitInfo
@@ -209,14 +210,13 @@ def run_svi(
     """Fit an autoguide to ``model(idx)`` (whose one latent site is ``"w"``) by SVI.
 
     The guide's mean starts at ``init`` and its scales at ``init_scale``. Minibatch indices come
-    from a generator seeded by ``seed``, the guide's noise from the global RNG seeded by ``seed``
-    inside a fork (the caller's RNG state is left untouched), and the parameters live in a
-    scoped Pyro param store (the global store is left untouched). ``lr_decay`` is ClippedAdam's
-    per-step factor ``lrd``; ``scale_lr`` (default ``lr``) is the step of the guide's scale (and
-    low-rank factor) parameters, ``lr`` that of its mean. Returns q and the loss (−ELBO estimate)
-    of every step.
+    from a generator seeded by ``seed``, the guide's noise from the global RNGs seeded by ``seed``
+    inside :func:`~bayes_lora.lora.rng.seeded` (the caller's RNG state is left untouched), and the
+    parameters live in a scoped Pyro param store (the caller's store is left untouched).
+    ``lr_decay`` is ClippedAdam's per-step factor ``lrd``; ``scale_lr`` (default ``lr``) is the
+    step of the guide's scale (and low-rank factor) parameters, ``lr`` that of its mean. Returns
+    q and the loss (−ELBO estimate) of every step.
     """
-    import pyro
     from pyro.infer import SVI, Trace_ELBO
     from pyro.infer.autoguide import AutoLowRankMultivariateNormal, AutoNormal, init_to_value
     from pyro.optim import ClippedAdam
@@ -226,8 +226,7 @@ def run_svi(
     init_fn = init_to_value(values={"w": init.detach().clone().float()})
     g = torch.Generator().manual_seed(int(seed))
     losses: list[float] = []
-    with torch.random.fork_rng(), pyro.get_param_store().scope():
-        torch.manual_seed(int(seed))
+    with seeded(seed, pyro_params=True):
         if guide is Guide.MEAN_FIELD:
             q_fn = AutoNormal(model, init_loc_fn=init_fn, init_scale=float(init_scale))
         else:

@@ -25,6 +25,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .rng import seeded
+
 logger = logging.getLogger(__name__)
 
 #: Names accepted as ``model`` besides a local folder and a hub id in the local HF cache.
@@ -494,8 +496,9 @@ def add_lora(model: nn.Module, lora: LoraSettings, kind: str) -> nn.Module:
         task_type="SEQ_CLS" if kind == "classifier" and lora.train_head else None,
         bias="none",
     )
-    torch.manual_seed(0)  # peft's own init of A is overwritten by a seeded init_theta anyway
-    with warnings.catch_warnings():  # peft 0.21 asks transformers 5 a deprecated question
+    # peft's own init of A (overwritten by a seeded init_theta anyway) is seeded, without
+    # touching the caller's RNG
+    with seeded(0), warnings.catch_warnings():  # peft 0.21 asks transformers 5 a deprecated question
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         return get_peft_model(model, cfg)
 
@@ -544,8 +547,9 @@ def load_backbone(
     if kind not in ("classifier", "causal_lm"):
         raise ValueError(f"kind must be 'classifier' or 'causal_lm', got {kind!r}")
     path = resolve_model_path(model)
-    with _quiet_transformers():
-        torch.manual_seed(0)
+    # a head that is new (none in the checkpoint, or one of another size) is initialised from
+    # seed 0, deterministically, inside a scope that leaves the caller's RNG state untouched
+    with _quiet_transformers(), seeded(0):
         if kind == "classifier":
             _check_head(path, num_labels, lora)
             # a fine-tuned checkpoint's head of another size is replaced by a new one (trained

@@ -1,6 +1,9 @@
-"""Pyro models over a few latents (curve position t, offset z) and their declarative specs."""
+"""Pyro models over LoRA subspaces: the built-in curve model (position t, offset z), its
+declarative spec, and the likelihood call a user-written Pyro model makes."""
 from .curve import CurveModel, offset_basis
 from .likelihood import TaskLogits
 from .spec import CurvePosteriorSpec, CurveSpec, OffsetSpec, Prior
+from .user import LoRALikelihood, model_sites
 
-__all__ = ["CurveModel", "CurvePosteriorSpec", "CurveSpec", "OffsetSpec", "Prior", "TaskLogits", "offset_basis"]
+__all__ = ["CurveModel", "CurvePosteriorSpec", "CurveSpec", "LoRALikelihood", "OffsetSpec", "Prior", "TaskLogits",
+           "model_sites", "offset_basis"]

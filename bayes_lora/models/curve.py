@@ -67,6 +67,16 @@ class CurveModel(PyroModule):
             )
 
     @property
+    def t_prior(self):
+        """The prior on t the model samples from (``spec.t_prior`` unless ``model.t`` was set to
+        another :class:`~pyro.nn.PyroSample`): what the grid and the cached-logit paths use."""
+        return self._pyro_samples["t"]
+
+    def t_log_prior(self, t: Tensor) -> Tensor:
+        """log p(t) under :attr:`t_prior` (t clamped into (0, 1) for densities infinite at the ends)."""
+        return self.t_prior.log_prob(t.clamp(1e-6, 1 - 1e-6))
+
+    @property
     def space(self) -> ParameterSpace:
         return self._space[0]
 

@@ -14,16 +14,19 @@ class TaskLogits:
     Parameters
     ----------
     fm: the functional model.
-    task: the (training) task; ``examples`` keeps a seeded subset of it.
+    task: the (training) task; ``examples`` keeps a seeded subset of it (rows ``example_index``).
     batch_size: examples per forward pass.
     """
 
     def __init__(self, fm: FunctionalModel, task: EncodedTask, *, batch_size: int = 128,
                  examples: int | None = None, seed: int = 0):
+        self.source_task = task  # the task as given: ``example_index`` are rows of it
         if examples is not None and examples < len(task):
             g = torch.Generator().manual_seed(int(seed))
-            idx = torch.randperm(len(task), generator=g)[:examples].sort().values
-            task = task.subset(idx)
+            self.example_index = torch.randperm(len(task), generator=g)[:examples].sort().values
+            task = task.subset(self.example_index)
+        else:
+            self.example_index = torch.arange(len(task))
         self.fm, self.task, self.batch_size = fm, task, batch_size
 
     @property

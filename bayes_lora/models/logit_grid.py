@@ -38,6 +38,7 @@ class LogitGrid:
     def build(cls, model: CurveModel, knots: int = 33) -> LogitGrid:
         import time
 
+        prior = numpyro_t_prior(model.t_prior)  # refuses a prior it cannot honour, before any work
         if model.spec.offset.dim:
             raise ValueError("cached logits cover t alone: set offset.dim = 0 (or logit_cache = 0)")
         if knots < 4:
@@ -47,7 +48,7 @@ class LogitGrid:
         lik = model.likelihood
         logits = torch.stack([lik.logits(model.theta(tk)) for tk in t])
         return cls(t.numpy(), logits.double().numpy(), lik.labels.numpy(), float(model.spec.temperature),
-                   (model.spec.t_prior.name, tuple(model.spec.t_prior.params)), time.perf_counter() - start)
+                   prior, time.perf_counter() - start)
 
     # ------------------------------------------------------------------------------------------
     def interpolate(self, t):
@@ -104,6 +105,27 @@ class LogitGrid:
                 "max_abs_error": float(np.max(np.abs(exact - approx)))}
 
 
+def numpyro_t_prior(fn) -> tuple[str, tuple[float, ...]]:
+    """The NumPyro equivalent of a torch / Pyro prior on t ∈ [0, 1]: ("uniform", ()) or
+    ("beta", (a, b)); any other prior raises (the cached path never replaces a prior)."""
+    import pyro.distributions as dist
+
+    base = fn
+    while isinstance(base, dist.Independent) and base.reinterpreted_batch_ndims == 0:
+        base = base.base_dist
+    if isinstance(base, torch.distributions.Uniform):
+        lo, hi = float(base.low), float(base.high)
+        if (lo, hi) == (0.0, 1.0):
+            return "uniform", ()
+        raise ValueError(f"the cached-logit path covers t ∈ [0, 1]; the prior is Uniform({lo}, {hi})")
+    if isinstance(base, torch.distributions.Beta):
+        a, b = float(base.concentration1), float(base.concentration0)
+        return "beta", (a, b)
+    raise ValueError(f"the cached-logit path honours Uniform(0, 1) and Beta(a, b) priors on t; the model's "
+                     f"prior is {type(fn).__name__}: sample the model exactly instead (bayes_lora.mcmc for a model "
+                     "you wrote, logit_cache = 0 for the built-in curve)")
+
+
 def run_numpyro_nuts(grid: LogitGrid, *, num_samples: int, warmup: int, num_chains: int, seed: int,
                      max_tree_depth: int = 10, kind: str = "nuts") -> tuple[Tensor, dict]:
     """NUTS (or HMC) over t on the cached potential: t [chains, draws] and per-draw statistics."""
@@ -156,4 +178,4 @@ def run_numpyro_svi(grid: LogitGrid, *, steps: int, lr: float, num_samples: int,
     return t, {"kernel": f"svi-{guide}-numpyro-cached-logits", "final_elbo": -float(losses[-1])}, losses
 
 
-__all__ = ["LogitGrid", "run_numpyro_nuts", "run_numpyro_svi"]
+__all__ = ["LogitGrid", "numpyro_t_prior", "run_numpyro_nuts", "run_numpyro_svi"]

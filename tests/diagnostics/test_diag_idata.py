@@ -269,3 +269,168 @@ def test_summary_rhat_and_ess():
     assert di.summary(stuck, var_names=["t"]).loc["t", "r_hat"] > 1.1
     with pytest.raises(ValueError, match="posterior"):
         di.summary(di.to_inference_data(log_likelihood=apart[..., None], method="x"))
+
+
+# --------------------------------------------------------------------------------------------
+# ArviZ semantics: new groups, the schema check, PSIS-LOO against exact leave-one-out
+# --------------------------------------------------------------------------------------------
+def _normal_logpdf(y, mean, var):
+    return -0.5 * (np.log(2 * np.pi * var) + (y - mean) ** 2 / var)
+
+
+def _conjugate(temperature=1.0, n=30, chains=4, draws=2000, seed=0):
+    """y_i ~ N(μ, σ² = 1), μ ~ N(0, s0² = 4); exact draws of the tempered posterior
+    p_T(μ | y) ∝ p(μ) Π p(y_i | μ)^{1/T} and the untempered log p(y_i | μ_s)."""
+    rng = np.random.default_rng(seed)
+    sigma2, s02 = 1.0, 4.0
+    y = rng.normal(0.7, 1.0, size=n)
+    prec = 1 / s02 + n / (temperature * sigma2)
+    mean = (y.sum() / (temperature * sigma2)) / prec
+    mu = rng.normal(mean, prec ** -0.5, size=(chains, draws))
+    ll = _normal_logpdf(y, mu[..., None], sigma2)
+    return y, mu, ll, (sigma2, prec, mean)
+
+
+def test_psis_loo_matches_exact_leave_one_out_on_a_conjugate_model():
+    y, mu, ll, (sigma2, prec, mean) = _conjugate()
+    # exact: removing y_i leaves N(m_-i, 1/τ_-i) with τ_-i = τ - 1/σ²; p(y_i | y_-i) = N(m_-i, σ² + 1/τ_-i)
+    prec_i = prec - 1 / sigma2
+    mean_i = (mean * prec - y / sigma2) / prec_i
+    exact = _normal_logpdf(y, mean_i, sigma2 + 1 / prec_i)
+    lppd = _normal_logpdf(y, mean, sigma2 + 1 / prec)  # the full-data predictive (no point left out)
+
+    idata = di.to_inference_data(posterior={"mu": mu}, log_likelihood=ll, labels=np.zeros(len(y), int),
+                                 method="exact", obs_id=np.arange(100, 100 + len(y)), temperature=1.0)
+    res = di.loo(idata, pointwise=True)
+    assert np.all(res.pareto_k.values < 0.5)
+    # 8,000 exact draws: each loo_i within ~0.01 of its exact value; the sum within 0.05
+    np.testing.assert_allclose(res.loo_i.values, exact, atol=0.02)
+    assert res.elpd_loo == pytest.approx(exact.sum(), abs=0.05)
+    assert exact.sum() - lppd.sum() < -0.5  # leaving points out costs visibly: the match is not trivial
+    assert res.p_loo == pytest.approx(lppd.sum() - exact.sum(), abs=0.1)  # ≈ 1 parameter
+    assert list(res.loo_i["obs_id"].values) == list(range(100, 130))
+
+
+def test_psis_loo_of_a_tempered_posterior_removes_the_point_with_weight_one():
+    """T = 2: with the untempered log p stored, PSIS-LOO estimates Σ log ∫ p(y_i|μ) q_-i(μ) dμ with
+    q_-i ∝ p_T(μ | y) / p(y_i | μ) (the formula of di.loo's docstring), not the tempered LOO."""
+    T = 2.0
+    y, mu, ll, (sigma2, prec, mean) = _conjugate(temperature=T)
+    prec_q = prec - 1 / sigma2
+    mean_q = (mean * prec - y / sigma2) / prec_q
+    expected = _normal_logpdf(y, mean_q, sigma2 + 1 / prec_q).sum()
+    prec_t = prec - 1 / (T * sigma2)  # the tempered posterior's own leave-one-out
+    tempered = _normal_logpdf(y, (mean * prec - y / (T * sigma2)) / prec_t, sigma2 + 1 / prec_t).sum()
+    idata = di.to_inference_data(posterior={"mu": mu}, log_likelihood=ll, method="tempered", temperature=T)
+    assert idata.log_likelihood.attrs["temperature"] == T
+    res = di.loo(idata)
+    assert res.elpd_loo == pytest.approx(expected, abs=0.05)
+    assert expected < tempered - 0.2  # T > 1: conservative against the tempered LOO
+
+
+def _semantic(a, **kw):
+    """The groups posterior_idata writes, from the test arrays."""
+    rng = np.random.default_rng(5)
+    draws = rng.integers(0, CLASSES, size=(CHAINS, DRAWS, OBS))
+    test_probs = _softmax(rng.normal(size=(CHAINS, DRAWS, 7, CLASSES)))
+    args = {"posterior": {"t": a["t"]}, "sample_stats": a["stats"], "log_likelihood": a["loglik"],
+            "posterior_predictive": draws, "labels": a["labels"], "predictions": test_probs,
+            "prediction_labels": rng.integers(0, CLASSES, 7), "obs_id": np.arange(OBS) * 3 + 1,
+            "temperature": 20.0, "method": "curve", "attrs": {"independent_draws": 0}}
+    return di.to_inference_data(**{**args, **kw}), draws, test_probs
+
+
+def test_semantic_groups_share_draws_and_pass_the_schema(arrays, tmp_path):
+    idata, draws, test_probs = _semantic(arrays)
+    assert set(idata.groups()) == {"posterior", "sample_stats", "log_likelihood", "posterior_predictive",
+                                   "observed_data", "predictions", "predictions_constant_data"}
+    assert di.check_idata_schema(idata) == (CHAINS, DRAWS)
+    np.testing.assert_array_equal(idata.posterior_predictive["y"].values, draws)
+    assert idata.posterior_predictive["y"].dims == ("chain", "draw", "obs_id")
+    assert list(idata.log_likelihood["obs_id"].values[:3]) == [1, 4, 7]
+    assert list(idata.observed_data["obs_id"].values[:3]) == [1, 4, 7]
+    assert idata.predictions["y_prob"].dims == ("chain", "draw", "test_id", "class")
+    np.testing.assert_allclose(idata.predictions["y_prob"].values, test_probs)
+    assert idata.predictions_constant_data["y"].dims == ("test_id",)
+    assert idata.log_likelihood.attrs["temperature"] == 20.0
+    back = di.load_idata(di.save_idata(idata, tmp_path / "s.nc"))
+    assert di.check_idata_schema(back) == (CHAINS, DRAWS)
+    assert back.log_likelihood.attrs["temperature"] == 20.0 and int(back.attrs["independent_draws"]) == 0
+
+
+def test_schema_check_catches_what_arviz_would_misread(arrays):
+    import xarray as xr
+
+    idata, _, _ = _semantic(arrays)
+    # the old layout: test log-likelihood at 1 × 8 draws next to 2 × 50 draws of t
+    old = di.to_inference_data(log_likelihood=arrays["loglik"][0, :8], labels=arrays["labels"], method="old")
+    old.extend(di.to_inference_data(posterior={"t": arrays["t"]}, chains=CHAINS, method="old"))
+    with pytest.raises(ValueError, match=r"disagree on \(chain, draw\)"):
+        di.check_idata_schema(old)
+    moved = idata.copy()
+    moved.observed_data = moved.observed_data.assign_coords(obs_id=np.arange(OBS))
+    with pytest.raises(ValueError, match="different obs_id"):
+        di.check_idata_schema(moved)
+    probs = idata.copy()
+    probs.posterior_predictive["y"] = probs.posterior_predictive["y"].astype(float) / 2
+    with pytest.raises(ValueError, match="integers"):
+        di.check_idata_schema(probs)
+    alone = di.to_inference_data(log_likelihood=arrays["loglik"], method="x")
+    with pytest.raises(ValueError, match="observed_data"):
+        di.check_idata_schema(alone)
+    shifted = idata.copy()
+    shifted.predictions_constant_data = xr.Dataset({"y": ("test_id", np.zeros(7, int))},
+                                                   coords={"test_id": np.arange(1, 8)})
+    with pytest.raises(ValueError, match="test_id"):
+        di.check_idata_schema(shifted)
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"posterior_predictive": np.full((CHAINS, DRAWS, OBS), 0.5)}, "integer draws"),
+    ({"posterior_predictive": np.full((CHAINS, DRAWS, OBS), CLASSES), "probs": None}, None),
+    ({"posterior_predictive": np.zeros((CHAINS, DRAWS, OBS - 1), int), "obs_id": None}, "number of observations"),
+    ({"prediction_labels": np.zeros(6, int)}, "prediction_labels"),
+    ({"prediction_labels": np.full(7, CLASSES)}, r"\[0, 3\)"),
+    ({"predictions": np.full((CHAINS, DRAWS, 7, CLASSES), 0.5)}, "sum to 1"),
+    ({"predictions": np.full((CHAINS, 3, 7, CLASSES), 1 / 3)}, r"\(chain, draw\)"),
+    ({"obs_id": np.zeros(OBS, int)}, "distinct"),
+    ({"obs_id": np.arange(OBS + 1)}, "shape"),
+    ({"temperature": 0.0}, "temperature"),
+])
+def test_new_groups_are_validated(arrays, kwargs, match):
+    if match is None:  # class indices ≥ 0 without probabilities to bound them: accepted
+        _semantic(arrays, **kwargs)
+        return
+    with pytest.raises(ValueError, match=match):
+        _semantic(arrays, **kwargs)
+
+
+def test_pp_draws_beyond_the_classes_of_probs_are_refused(arrays):
+    with pytest.raises(ValueError, match=r"class indices in \[0, 3\)"):
+        _semantic(arrays, probs=arrays["probs"], posterior_predictive=np.full((CHAINS, DRAWS, OBS), CLASSES))
+
+
+def test_independent_draws_attr_sets_reff_to_one():
+    rng = np.random.default_rng(6)
+    ll = _benign_loglik(rng, chains=1, noise=0.3)
+    member = np.tile(np.arange(4), 25)[None]  # an ensemble's cyclic member index: no chain to estimate ESS from
+    kw = {"posterior": {"member": member}, "log_likelihood": ll, "method": "ensemble"}
+    iid = di.to_inference_data(**kw, attrs={"independent_draws": 1})
+    assert di._reff(iid) == 1.0 and di._reff(di.to_inference_data(**kw)) is None
+    plain = di.to_inference_data(log_likelihood=ll, method="ensemble")
+    assert di.loo(iid).elpd_loo == pytest.approx(di.loo(plain).elpd_loo, rel=1e-12)
+
+
+def test_compare_loo_uses_the_rows_the_models_share():
+    rng = np.random.default_rng(7)
+    ll = _benign_loglik(rng, obs=30)
+    a = di.to_inference_data(log_likelihood=ll, labels=np.zeros(30, int), obs_id=np.arange(30), method="a")
+    b = di.to_inference_data(log_likelihood=ll[..., 10:] - 0.1, labels=np.zeros(20, int),
+                             obs_id=np.arange(10, 30), method="b")
+    table = di.compare_loo({"a": a, "b": b})
+    # on rows 10..29 only: b is a shifted by −0.1 on each of 20 rows
+    assert table.loc["b", "elpd_diff"] == pytest.approx(0.1 * 20, rel=1e-3)
+    assert table.loc["a", "elpd_loo"] == pytest.approx(di.loo(a, pointwise=True).loo_i.values[10:].sum(), rel=1e-9)
+    c = di.to_inference_data(log_likelihood=ll, obs_id=np.arange(100, 130), labels=np.zeros(30, int), method="c")
+    with pytest.raises(ValueError, match="share no observation"):
+        di.compare_loo({"a": a, "c": c})

@@ -216,6 +216,46 @@ def test_auroc_hand_example_with_tie():
     assert ood_auroc([1.0, 2.0], [2.0, 3.0]) == pytest.approx(3.5 / 4)
 
 
+@pytest.mark.parametrize("s_in,s_out,expected", [
+    # every score tied: each pair counts 1/2
+    ([1.0, 1.0, 1.0], [1.0, 1.0], 0.5),
+    # Mann–Whitney with mid-ranks: pooled sorted 0(in) 1(in) 1(out) 1(out) 2(in) 3(out);
+    # ranks 1, 3, 3, 3, 5, 6 -> R_out = 3 + 3 + 6 = 12, U = 12 - 3·4/2 = 6, AUROC = 6 / 9
+    ([0.0, 1.0, 2.0], [1.0, 1.0, 3.0], 6 / 9),
+    # pair by pair: out 0.5 vs in (0.5, 0.9, 0.5) -> ½ + 0 + ½ = 1;
+    # out 0.7 vs in (0.5, 0.9, 0.5) -> 1 + 0 + 1 = 2; AUROC = 3 / 6
+    ([0.5, 0.9, 0.5], [0.5, 0.7], 3 / 6),
+    # one in, one out
+    ([2.0], [2.0], 0.5),
+    ([2.0], [1.0], 0.0),
+])
+def test_auroc_hand_computed_with_ties(s_in, s_out, expected):
+    assert ood_auroc(s_in, s_out) == pytest.approx(expected, abs=1e-15)
+    assert ood_auroc(s_out, s_in) == pytest.approx(1 - expected, abs=1e-15)  # the roles swapped
+
+
+def test_auroc_is_the_pairwise_probability_on_tied_integer_scores():
+    """Many ties (scores in 0..4): the brute-force pair count, exactly."""
+    rng = np.random.default_rng(7)
+    s_in, s_out = rng.integers(0, 5, size=37), rng.integers(1, 6, size=23)
+    diff = s_out[:, None] - s_in[None, :]
+    brute = ((diff > 0).sum() + 0.5 * (diff == 0).sum()) / diff.size
+    assert ood_auroc(s_in, s_out) == pytest.approx(brute, abs=1e-15)
+    assert ood_auroc(torch.as_tensor(s_in, dtype=torch.float32), s_out.tolist()) == pytest.approx(brute, abs=1e-15)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_auroc_matches_sklearn(seed):
+    sklearn_metrics = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(seed)
+    # rounded scores: plenty of ties within and across the two groups
+    s_in = np.round(rng.normal(size=200), 1)
+    s_out = np.round(rng.normal(0.4, 1.2, size=150), 1)
+    y = np.r_[np.zeros(len(s_in)), np.ones(len(s_out))]
+    ref = sklearn_metrics.roc_auc_score(y, np.r_[s_in, s_out])
+    assert ood_auroc(s_in, s_out) == pytest.approx(ref, abs=1e-12)
+
+
 # --------------------------------------------------------------------------------------------
 # Risk-coverage / AURC
 # --------------------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """The declarative config: validated on load, errors name the key and what is allowed."""
 from __future__ import annotations
 
-import pytest
 import tomllib
+
+import pytest
 from conftest import REPO
 from scenarios import tiny_run_config
 

@@ -20,6 +20,12 @@ def setup(tmp_path_factory):
     return root, model_dir, data_dir
 
 
+def _config(model_dir, **tables):
+    """The tiny config with InferenceData of 24 draws (PSIS needs ≥ 21) and the test predictions
+    at those draws."""
+    return tiny_run_config(model_dir, evaluation={"idata_draws": 24, "idata_predictions": True}, **tables)
+
+
 def _write(path, cfg):
     path.write_text(dump_toml(cfg))
     return path
@@ -32,7 +38,7 @@ def _stages(out):
 @pytest.fixture(scope="module")
 def finished(setup):
     root, model_dir, data_dir = setup
-    cfg = _write(root / "tiny.toml", tiny_run_config(model_dir))
+    cfg = _write(root / "tiny.toml", _config(model_dir))
     out = root / "run"
     assert main(["run", str(cfg), "--out", str(out), "--data-dir", str(data_dir), "--quiet"]) == 0
     return cfg, out
@@ -51,8 +57,9 @@ def test_every_output_is_written_and_loadable(finished):
                 "fit_seconds", "predict_seconds", "num_samples"} <= set(m)
         assert 0.0 <= m["accuracy"] <= 1.0 and m["nll"] > 0 and m["mutual_information"] >= -1e-9
         idata = az.from_netcdf(out / "idata" / f"{label}.nc")
-        assert {"log_likelihood", "posterior_predictive", "observed_data"} <= set(idata.groups())
-        assert idata.log_likelihood["y"].shape[-1] == res["data"]["test_examples"]
+        assert {"log_likelihood", "posterior_predictive", "observed_data", "predictions",
+                "predictions_constant_data"} <= set(idata.groups())
+        _check_semantics(label, idata, m, res)
     assert res["methods"]["map"]["mutual_information"] == pytest.approx(0.0, abs=1e-9)
     assert res["methods"]["map"]["accuracy"] > 0.7  # the toy task is learnable in 80 steps
     for name in ("linear", "curve"):
@@ -66,9 +73,51 @@ def test_every_output_is_written_and_loadable(finished):
     assert csv[0].startswith("method,accuracy") and len(csv) == 1 + len(labels)
     report = (out / "report.md").read_text()
     assert "| curve_svi |" in report and "figures/paths.png" in report
+    assert "## PSIS-LOO and WAIC on training examples" in report and "Pareto k > 0.7" in report
+    assert (out / "idata" / "chains" / "curve_svi.nc").is_file()  # every draw, for R-hat / trace plots
+    assert not (out / "idata" / "chains" / "vi.nc").exists()  # sampled approximations keep no chains
     assert (out / "figures" / "paths.png").stat().st_size > 1000
     assert (out / "figures" / "risk_coverage.png").is_file()
     assert (out / "config.toml").is_file()
+
+
+def _check_semantics(label, idata, metrics, res):
+    """Every group at the same draws; log-likelihood on the training rows the posterior conditioned
+    on (the curve's 32 likelihood examples, all training rows for the others); test probabilities
+    in `predictions`."""
+    import numpy as np
+    import torch
+
+    from bayes_lora.diagnostics.idata import check_idata_schema
+    from bayes_lora.experiment.evaluate import loo_rows
+
+    chains, draws = check_idata_schema(idata)
+    n_train, n_test = res["data"]["train_examples"], res["data"]["test_examples"]
+    curve = label.startswith("curve")
+    # the curve keeps its 20 draws (≤ idata_draws = 24); the sampled approximations are drawn again
+    # with 24 (the evaluation's S = 3 is too few for PSIS); MAP and the probit GLM Laplace: 1, the
+    # ensemble: its 2 members
+    expected = {"map": 1, "laplace": 1, "ensemble": 2}.get(label, 20 if curve else 24)
+    assert (chains, draws) == (1, expected) and metrics["num_samples"] == min(expected, 3)
+    perm = torch.randperm(n_train, generator=torch.Generator().manual_seed(0))
+    rows = perm[:32].sort().values if curve else torch.arange(n_train)  # TaskLogits' seeded subset
+    assert list(idata.log_likelihood["obs_id"].values) == loo_rows(rows, n_train, 256, 0).tolist() == rows.tolist()
+    assert idata.log_likelihood.attrs["temperature"] == 1.0  # the tiny config tempers nothing
+    assert idata.predictions["y_prob"].shape == (chains, draws, n_test, 2)
+    assert idata.predictions_constant_data["y"].shape == (n_test,)
+    assert idata.posterior_predictive["y"].dtype.kind == "i"
+    assert ("posterior" in idata.groups()) == (label in ("ensemble", "swag", "vi") or curve)
+    loo = metrics["loo"]
+    assert loo["examples"] == len(rows) and loo["draws"] == draws and loo["temperature"] == 1.0
+    lppd = float(np.log(np.exp(idata.log_likelihood["y"].values).mean((0, 1))).sum())
+    if draws == 1:  # nothing to leave out: elpd = the log predictive density, k undefined
+        assert loo["elpd_loo"] == pytest.approx(lppd, rel=1e-9) and loo["pareto_k_max"] is None
+    else:
+        assert loo["elpd_loo"] <= lppd + 1e-9 and 0 <= loo["pareto_k_gt_0.7"] <= loo["examples"]
+        if draws >= 21:  # ArviZ fits the tail to ⌈S/5⌉ ≥ 5 ratios: a finite k for every example
+            assert loo["pareto_k_inf"] == 0 and loo["pareto_k_max"] is not None
+        else:  # under the 5 ratios it needs: k = ∞ for every example
+            assert loo["pareto_k_inf"] == loo["pareto_k_gt_0.7"] == loo["examples"] and loo["pareto_k_max"] is None
 
 
 def test_rerun_skips_everything_and_gives_the_same_numbers(finished, setup):
@@ -83,7 +132,7 @@ def test_rerun_skips_everything_and_gives_the_same_numbers(finished, setup):
 def test_changed_option_reruns_only_its_dependants(finished, setup):
     root, model_dir, data_dir = setup
     _, out = finished
-    cfg = _write(root / "tiny2.toml", tiny_run_config(model_dir, methods={
+    cfg = _write(root / "tiny2.toml", _config(model_dir, methods={
         **tiny_run_config(model_dir)["methods"], "mc_dropout": {"p": 0.3}}))
     assert main(["run", str(cfg), "--out", str(out), "--data-dir", str(data_dir), "--quiet"]) == 0
     ran = {k for k, v in _stages(out).items() if v == "ran"}
