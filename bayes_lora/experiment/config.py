@@ -20,12 +20,11 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-
-from ..lora.curve_train import CurveConfig
-from ..lora.train import TrainConfig
 from typing import Any, ClassVar, get_args, get_origin, get_type_hints
 
 from ..data.tasks import SPLITS, TaskSpec, get_task, task_names
+from ..lora.curve_train import CurveConfig
+from ..lora.train import TrainConfig
 
 #: the registered task names (a config may also describe a task by its files: a [data.task] table)
 TASKS = task_names()
