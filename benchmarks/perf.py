@@ -172,7 +172,7 @@ def main() -> int:
     print(rows[-1])
 
     # (d) NUTS ESS/s -------------------------------------------------------------------------
-    ctx.cache["curve"] = runner.curve(anchors)
+    ctx.curve = runner.curve(anchors)
     post = cfg.posterior
     cached, cached_s = _timed(lambda: fit("curve", ctx, posterior=post, inference="nuts", logit_cache=33,
                                           num_samples=1000, warmup=500, num_chains=4))

@@ -167,7 +167,7 @@ def tiny_run_config(model_dir, **tables) -> dict:
         "anchors": {"count": 2, "epochs": 20.0, "lr": 1e-2, "batch_size": 16, "max_steps": 80},
         "curve": {"degree": 2, "epochs": 5.0, "max_steps": 20, "batch_size": 16, "path_points": 5},
         "posterior": {"likelihood_examples": 32},
-        "evaluation": {"num_samples": 3, "batch_size": 32},
+        "evaluation": {"num_samples": 3, "batch_size": 32, "idata_draws": 6},
         "runtime": {"progress": False},
         "methods": {
             "map": {},

@@ -15,14 +15,15 @@ def test_map_on_real_minilm_reaches_78_percent_on_sst2_test():
     from bayes_lora.diagnostics import summarize
     from bayes_lora.inference.base import predict_probs
     from bayes_lora.lora import FullSpace, FunctionalModel
-    from bayes_lora.lora.backbone import load_backbone
+    from bayes_lora.lora.backbone import LoraSettings, load_backbone
+    from bayes_lora.lora.prefix import with_prefix_cache
     from bayes_lora.lora.train import TrainConfig, fine_tune
 
-    bb = load_backbone()
+    bb = load_backbone(lora=LoraSettings(layers=(3, 4, 5)))  # the default config's adapters
     train = encode(load_sst2("train", data_dir=SHARED_DATA, max_examples=2000, seed=0), bb.tokenizer, max_length=64)
     test = encode(load_sst2("test", data_dir=SHARED_DATA), bb.tokenizer, max_length=64)
     assert len(test) == 872
-    fm = FunctionalModel(bb.model)
+    fm, train, test = with_prefix_cache(FunctionalModel(bb.model), train, test)  # layers 0–2 once
     res = fine_tune(fm, FullSpace(fm.layout), train, TrainConfig(epochs=2, seed=0))
     m = summarize(predict_probs(fm, test, res.latent[None]), test.labels)
     assert m["accuracy"] >= 0.78, m

@@ -520,7 +520,7 @@ def smoke(cfg: ExperimentConfig) -> ExperimentConfig:
         data={"train_examples": min(cfg.data.train_examples, 48), "test_examples": 32, "ood_examples": 32},
         anchors={"max_steps": 3, "batch_size": 8},
         curve={"max_steps": 3, "batch_size": 8, "path_points": 3, "path_examples": 32},
-        evaluation={"num_samples": 2},
+        evaluation={"num_samples": 2, "idata_draws": 4, "loo_examples": 32},
         methods=methods,
     )
 

@@ -298,10 +298,8 @@ class Runner:
         from ..inference.base import FitContext
 
         p = self.prep
-        ctx = FitContext(p.fm, p.train, anchors=anchors, train_config=self._train_config(), seed=self.cfg.seed,
-                         progress=self.progress, metadata=p.backbone.metadata())
-        if curve is not None:
-            ctx.cache["curve"] = curve
+        ctx = FitContext(p.fm, p.train, anchors=anchors, curve=curve, train_config=self._train_config(),
+                         seed=self.cfg.seed, progress=self.progress, metadata=p.backbone.metadata())
         ctx.checkpointer = self._fit_checkpointer(None)
         folder = self.store.path("projected_map")
         if self.store.done("projected_map", self.key("projected_map")):

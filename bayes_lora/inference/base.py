@@ -74,6 +74,9 @@ class FitContext:
     fm: the functional peft model (frozen base, θ layout).
     train: the training task.
     anchors: independently fine-tuned optima θ^(m) [M, D] in the full LoRA space (or None).
+    curve: a trained Bézier curve through the anchors (``lora.curve_train.train_curve``), what the
+        curve posterior samples along; never trained by a backend (None: the curve posterior
+        refuses to fit).
     train_config: how MAP optima are fine-tuned (also for projected cores, with ``projected_lr``).
     seed: the run's seed.
     progress: show tqdm bars.
@@ -85,6 +88,7 @@ class FitContext:
     fm: FunctionalModel
     train: EncodedTask
     anchors: Tensor | None = None
+    curve: Any = None
     train_config: TrainConfig = field(default_factory=TrainConfig)
     projected_lr: float = 2e-2
     seed: int = 0

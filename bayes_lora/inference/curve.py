@@ -15,7 +15,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..lora.curve_train import CurveConfig, train_curve
 from ..lora.curves import BezierCurve
 from ..lora.spaces import FullSpace
 from ..lora.train import NumericalError
@@ -171,18 +170,13 @@ def _curve_from_points(cp: Tensor, segments: int, degree: int) -> BezierCurve:
     return curve
 
 
-def _get_curve(ctx: FitContext, spec: CurvePosteriorSpec, curve: BezierCurve | None, curve_config: dict | None):
-    if curve is not None:
-        return curve
-    if "curve" in ctx.cache:
-        return ctx.cache["curve"]
-    anchors = ctx.require_anchors(2)
-    cfg = CurveConfig(**{"degree": spec.curve.degree, "anchored": spec.curve.anchored, "seed": ctx.seed,
-                         **(curve_config or {})})
-    res = train_curve(ctx.fm, FullSpace(ctx.fm.layout), ctx.train, anchors, cfg, progress=ctx.progress)
-    ctx.cache["curve"] = res.curve
-    ctx.cache["curve_seconds"] = res.seconds
-    return res.curve
+def _get_curve(ctx: FitContext, curve: BezierCurve | None) -> BezierCurve:
+    """The curve to sample along: the one given, else the context's; nothing is trained here."""
+    curve = curve if curve is not None else ctx.curve
+    if curve is None:
+        raise ValueError("the curve posterior samples along a trained curve: pass curve=... or "
+                         "FitContext(curve=...) (train one with bayes_lora.train_curve)")
+    return curve
 
 
 @register("curve", CurvePosterior, choices={"inference": INFERENCE})
@@ -199,7 +193,6 @@ def fit_curve(
     guide: str = "normal",
     grid_points: int = 201,
     curve: BezierCurve | None = None,
-    curve_config: dict | None = None,
     max_tree_depth: int = 6,
     logit_cache: int = 0,
 ) -> CurvePosterior:
@@ -217,7 +210,7 @@ def fit_curve(
         raise ValueError(f"num_samples must be ≥ 1, got {num_samples}")
     if inference == "grid" and spec.offset.dim:
         raise ValueError("grid quadrature is exact for t alone: set offset.dim = 0 or use nuts/svi")
-    curve = _get_curve(ctx, spec, curve, curve_config)
+    curve = _get_curve(ctx, curve)
     lik = TaskLogits(ctx.fm, ctx.train, examples=spec.likelihood_examples, seed=ctx.seed)
     model = CurveModel(spec, curve, FullSpace(ctx.fm.layout), lik)
     options = {"posterior": spec.to_dict(), "inference": inference, "num_samples": num_samples,

@@ -27,8 +27,22 @@ def test_every_builtin_backend_is_covered():
 
 @pytest.fixture(scope="module")
 def fitted(tiny_ctx):
+    import dataclasses
+
+    from bayes_lora.lora import FullSpace
+    from bayes_lora.lora.curve_train import CurveConfig, train_curve
+
     ctx, _ = tiny_ctx
+    curve = train_curve(ctx.fm, FullSpace(ctx.fm.layout), ctx.train, ctx.anchors,
+                        CurveConfig(max_steps=20, lr=1e-2, js_weight=0.0)).curve
+    ctx = dataclasses.replace(ctx, curve=curve)
     return {m: fit(m, ctx, **OPTIONS[m]) for m in OPTIONS}
+
+
+def test_the_curve_posterior_never_trains_a_curve(tiny_ctx):
+    ctx, _ = tiny_ctx
+    with pytest.raises(ValueError, match="samples along a trained curve: pass curve="):
+        fit("curve", ctx, inference="grid")
 
 
 @pytest.mark.parametrize("method", sorted(OPTIONS))

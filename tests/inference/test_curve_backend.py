@@ -37,11 +37,9 @@ def curve_ctx(tiny_ctx):
     import dataclasses
 
     ctx, test = tiny_ctx
-    ctx = dataclasses.replace(ctx, cache={})
     res = train_curve(ctx.fm, FullSpace(ctx.fm.layout), ctx.train, ctx.anchors,
                       CurveConfig(degree=2, epochs=100, max_steps=100, lr=1e-2, js_weight=0.0, seed=0))
-    ctx.cache["curve"] = res.curve
-    return ctx, test
+    return dataclasses.replace(ctx, cache={}, curve=res.curve), test
 
 
 SPEC = {"temperature": 0.5}
@@ -164,7 +162,7 @@ def test_per_example_t_needs_a_foldable_model():
 def test_grid_posterior_is_normalised_and_matches_direct_density(curve_ctx):
     ctx, _ = curve_ctx
     spec = CurvePosteriorSpec.from_dict(SPEC)
-    model = CurveModel(spec, ctx.cache["curve"], FullSpace(ctx.fm.layout), TaskLogits(ctx.fm, ctx.train))
+    model = CurveModel(spec, ctx.curve, FullSpace(ctx.fm.layout), TaskLogits(ctx.fm, ctx.train))
     t, dens = grid_posterior(model, 51)
     assert torch.trapezoid(dens, t).item() == pytest.approx(1.0, abs=1e-6)
     ll = model.log_likelihood_grid(t[[10, 40]])
@@ -201,7 +199,7 @@ def test_predictive_draws_are_one_per_stratum_of_t(curve_ctx):
     from bayes_lora.inference.curve import CurvePosterior
 
     ctx, _ = curve_ctx
-    model = CurveModel(CurvePosteriorSpec.from_dict(SPEC), ctx.cache["curve"], FullSpace(ctx.fm.layout), None)
+    model = CurveModel(CurvePosteriorSpec.from_dict(SPEC), ctx.curve, FullSpace(ctx.fm.layout), None)
     t = torch.distributions.Beta(2.0, 5.0).sample((2, 2000))  # two "chains", skewed
     post = CurvePosterior(ctx.fm, model, t)
     flat = t.reshape(-1)
