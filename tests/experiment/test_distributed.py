@@ -37,6 +37,7 @@ def setup(tmp_path_factory):
     return root, cfg, data_dir, env
 
 
+@pytest.mark.slow  # two processes of a whole tiny run (~35 s): make test-all
 def test_two_accelerate_processes_give_the_single_process_metrics(setup):
     root, cfg, data_dir, env = setup
     accelerate = Path(sys.executable).with_name("accelerate")

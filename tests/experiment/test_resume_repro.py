@@ -70,6 +70,7 @@ def test_sigkill_mid_run_resumes_to_identical_results(setup):
     assert _numbers(out) == _numbers(ref)
 
 
+@pytest.mark.slow  # ~37 s; the mid-run SIGKILL test stays in the default suite
 def test_sigkill_inside_a_stage_resumes_from_its_periodic_checkpoint(setup):
     """Killed mid-stage (a training loop between two checkpoints), the same command resumes that
     loop from its last checkpoint — not from the stage's start — and ends identical."""
