@@ -299,7 +299,7 @@ def loo_summary(idata) -> dict[str, Any]:
         return x if math.isfinite(x) else None
 
     return {"examples": int(ll.sizes["obs_id"]), "draws": draws,
-            "temperature": num(ll.attrs.get("temperature", 1.0)),
+            "temperature": num(idata.log_likelihood.attrs.get("temperature", 1.0)),
             "elpd_loo": num(r.elpd_loo), "se": num(r.se), "p_loo": num(r.p_loo),
             "pareto_k_max": float(k[np.isfinite(k)].max()) if np.isfinite(k).any() else None,
             "pareto_k_gt_0.7": int((k > 0.7).sum()),

@@ -31,3 +31,18 @@ def test_loo_rows_are_shared_by_likelihoods_on_a_prefix_of_the_same_permutation(
     assert loo_rows(None, n, 500, seed).tolist() == list(range(n))
     other = torch.tensor([1, 5, 7])
     assert loo_rows(other, n, 20, seed).tolist() == [1, 5, 7]
+
+
+def test_loo_summary_reports_the_likelihood_temperature_of_the_idata():
+    import numpy as np
+
+    from bayes_lora.diagnostics.idata import to_inference_data
+    from bayes_lora.experiment.evaluate import loo_summary
+
+    rng = np.random.default_rng(0)
+    ll = np.log(rng.uniform(0.2, 0.9, size=(1, 30, 12)))
+    idata = to_inference_data(log_likelihood=ll, labels=np.zeros(12, dtype=int), temperature=20.0, chains=1,
+                              method="m")
+    s = loo_summary(idata)
+    assert s["temperature"] == 20.0 and s["draws"] == 30 and s["examples"] == 12
+    assert s["pareto_k_inf"] == 0 and np.isfinite(s["elpd_loo"])
