@@ -39,7 +39,7 @@ from .checkpoint import Checkpointer, StepLoop, kept, resume, save_if_due
 from .curves import BezierCurve, linear_path
 from .params import FunctionalModel
 from .spaces import ParameterSpace
-from .train import NumericalError
+from .train import NumericalError, with_cached_prefix
 
 PERTURBATIONS = ("none", "gaussian", "sam")
 JS_GRADS = ("first", "all")
@@ -142,13 +142,18 @@ def train_curve(
     curve: BezierCurve | None = None,
     progress: bool = False,
     checkpoint: Checkpointer | None = None,
+    prefix_cache: bool = True,
 ) -> CurveTrainResult:
     """Train a curve through ``anchors`` [K+1, d] (latents of ``space``) on ``task``.
+
+    With ``prefix_cache`` the frozen layers below the first adapted one run once for the task
+    (:func:`~bayes_lora.lora.train.with_cached_prefix`), not at every step.
 
     With a ``checkpoint`` the loop saves its state every ``checkpoint.every`` steps and resumes
     from a saved state of the same key, ending identical to an uninterrupted run. A NaN or Inf
     objective raises :class:`NumericalError` naming the step; the last checkpoint is kept.
     """
+    fm, task = with_cached_prefix(fm, task, prefix_cache)
     from tqdm.auto import tqdm
 
     curve = curve or BezierCurve(

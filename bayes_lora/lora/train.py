@@ -185,8 +185,14 @@ def fine_tune(
     init: Tensor | None = None,
     progress: bool = False,
     checkpoint: Checkpointer | None = None,
+    prefix_cache: bool = True,
 ) -> TrainResult:
-    """One MAP optimum: fresh seeded init (full space) or the space's initial latent, then AdamW."""
+    """One MAP optimum: fresh seeded init (full space) or the space's initial latent, then AdamW.
+
+    With ``prefix_cache`` the hidden states below the first adapted layer are computed once
+    (:func:`with_cached_prefix`) and every step runs the adapted layers only: the same optimum,
+    several times faster when the adapters sit on the top layers."""
+    fm, task = with_cached_prefix(fm, task, prefix_cache)
     if init is None:
         if space.kind == "full":
             init = init_theta(space.layout, config.seed)
@@ -196,6 +202,18 @@ def fine_tune(
             init = init + 1e-3 * torch.randn(init.shape, generator=g) * (init == 0)
     return train_latent(fm, space, task, init, config, progress=progress,
                         stage=f"fine-tune seed {config.seed}", checkpoint=checkpoint)
+
+
+def with_cached_prefix(fm: FunctionalModel, task: EncodedTask, enabled: bool = True):
+    """``(fm, task)`` with the frozen prefix of the model cached for the task
+    (:func:`~bayes_lora.lora.prefix.with_prefix_cache`); unchanged when ``enabled`` is False, the
+    task is cached already, or the cache does not apply (every layer adapted, an architecture the
+    suffix model does not reproduce: logged there)."""
+    from .prefix import CachedTask, with_prefix_cache
+
+    if not enabled or isinstance(task, CachedTask):
+        return fm, task
+    return with_prefix_cache(fm, task)
 
 
 def head_names(layout: ParamLayout) -> tuple[str, ...]:
@@ -211,10 +229,12 @@ def fine_tune_anchors(
     config: TrainConfig = TrainConfig(),
     *,
     progress: bool = False,
+    prefix_cache: bool = True,
 ) -> tuple[Tensor, list[TrainResult]]:
     """M independent optima, one per seed (fresh init and batch order each): [M, d] and results."""
     if len(seeds) < 1 or len(set(seeds)) != len(seeds):
         raise ValueError(f"anchors need distinct seeds, got {list(seeds)}")
+    fm, task = with_cached_prefix(fm, task, prefix_cache)  # once for all anchors
     results = [fine_tune(fm, space, task, TrainConfig(**{**config.__dict__, "seed": int(s)}), progress=progress)
                for s in seeds]
     return torch.stack([r.latent for r in results]), results
