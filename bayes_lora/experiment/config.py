@@ -302,6 +302,10 @@ def _method_config(label: str, table: Any) -> MethodConfig:
                 raise ConfigError(f"{where}.{key} must be an integer, got {value!r}")
         if isinstance(default, str) and not isinstance(value, str):
             raise ConfigError(f"{where}.{key} must be a string, got {value!r}")
+    missing = [n for n, p in sig.parameters.items()
+               if p.kind == p.KEYWORD_ONLY and p.default is p.empty and n not in _RESERVED and n not in table]
+    if missing:
+        raise ConfigError(f"{where}: {method!r} needs {', '.join(f'{where}.{n}' for n in missing)}")
     for key, allowed in get_backend(method).choices.items():
         if key in table and table[key] not in allowed:
             raise ConfigError(f"{where}.{key} must be one of {', '.join(map(repr, allowed))}, got {table[key]!r}")

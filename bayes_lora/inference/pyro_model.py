@@ -6,6 +6,7 @@ Write an ordinary Pyro model whose sample sites build θ and that calls a
 * :func:`mcmc` — Pyro's NUTS or HMC, chains one after another, each seeded;
 * :meth:`PyroPosterior.from_mcmc` — wrap a ``pyro.infer.MCMC`` you ran yourself;
 * :meth:`PyroPosterior.from_guide` — draws of a fitted guide (any autoguide, after your own SVI);
+* :func:`fit_pyro` — the same from a config: ``method = "pyro"``, ``model = "module:function"``;
 * :func:`cached_t_posterior` — the fast path for models whose θ depends on one latent ``t`` in
   [0, 1] alone (a curve position): the logits are cached at knots of t and NUTS / SVI run in
   NumPyro on the interpolated potential, under the prior *the model declares* (Uniform(0, 1) or
@@ -34,6 +35,8 @@ from .registry import register
 
 #: θ of this many (thinned) draws are saved with a posterior, so it predicts without its model.
 SAVED_THETAS = 64
+#: how a config fits a user-written model (``fit_pyro``)
+PYRO_INFERENCE = ("nuts", "hmc", "cached_nuts", "cached_svi")
 
 
 class PyroPosterior(Posterior):
@@ -171,17 +174,26 @@ class PyroPosterior(Posterior):
         tensors["theta_index"] = keep
         if self._rows is not None:
             tensors["likelihood_rows"] = self._rows
-        return tensors, {"sites": self.site_names, "temperature": self.temperature,
-                         "chains": self.num_chains, "draws": self.draws_per_chain}
+        meta = {"sites": self.site_names, "temperature": self.temperature,
+                "chains": self.num_chains, "draws": self.draws_per_chain}
+        if getattr(self, "factory", None):
+            meta["factory"] = self.factory
+        return tensors, meta
 
     @classmethod
     def from_state(cls, fm, tensors, meta, ctx=None, *, model=None, likelihood=None, model_args=()):
-        """Rebuild a saved posterior; without ``model`` it predicts from the saved θ alone."""
+        """Rebuild a saved posterior; without ``model`` it predicts from the saved θ alone. A
+        posterior fitted from a config (``meta["factory"]``) rebuilds its model from the factory
+        and ``ctx``, so every draw predicts again."""
+        if model is None and ctx is not None and meta.get("factory"):
+            model, likelihood = _import_factory(meta["factory"])(ctx)
         samples = {k: tensors[f"site.{k}"] for k in meta["sites"]}
         stats = {k[len("stat."):]: v for k, v in tensors.items() if k.startswith("stat.")}
-        return cls(likelihood, samples, model=model, model_args=model_args, fm=fm,
+        post = cls(likelihood, samples, model=model, model_args=model_args, fm=fm,
                    thetas=tensors["thetas"], theta_index=tensors["theta_index"], sample_stats=stats,
                    temperature=meta.get("temperature", 1.0), rows=tensors.get("likelihood_rows"))
+        post.factory = meta.get("factory")
+        return post
 
     # --- from Pyro's results ----------------------------------------------------------------
     @classmethod
@@ -321,11 +333,58 @@ def _check_grid(grid, model, lik, name, shape, model_args, points: int = 4) -> d
             "max_abs_error": float(np.max(np.abs(np.array(exact) - np.array(approx))))}
 
 
-def _fit_from_config(ctx, **options):
-    raise ValueError("a 'pyro' posterior is a model written in Python: fit it with bayes_lora.mcmc, "
-                     "PyroPosterior.from_mcmc / from_guide or bayes_lora.cached_t_posterior")
+def _import_factory(spec: str) -> Callable:
+    """``"package.module:function"`` or ``"path/to/file.py:function"`` → the function."""
+    import importlib
+    import importlib.util
+    from pathlib import Path
+
+    where, sep, name = spec.rpartition(":")
+    if not sep or not where or not name:
+        raise ValueError(f"model must be 'package.module:function' or 'file.py:function', got {spec!r}")
+    if where.endswith(".py"):
+        path = Path(where).expanduser()
+        if not path.is_file():
+            raise ValueError(f"model {spec!r}: no file {path}")
+        mod_spec = importlib.util.spec_from_file_location(f"bayes_lora_user_model_{path.stem}", path)
+        module = importlib.util.module_from_spec(mod_spec)
+        mod_spec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(where)
+        except ImportError as e:
+            raise ValueError(f"model {spec!r}: cannot import {where!r} ({e})") from None
+    fn = getattr(module, name, None)
+    if not callable(fn):
+        raise ValueError(f"model {spec!r}: {where!r} has no function {name!r}")  # noqa: TRY004 - a config error
+    return fn
 
 
-register("pyro", PyroPosterior, doc="a user-written Pyro model over a LoRA subspace")(_fit_from_config)
+def fit_pyro(ctx, *, model: str, inference: str = "nuts", num_samples: int = 200, warmup: int = 100,
+             num_chains: int = 2, max_tree_depth: int = 6, knots: int = 33) -> PyroPosterior:
+    """A user-written model named in a config: ``model = "package.module:function"`` (or
+    ``"file.py:function"``), where ``function(ctx)`` returns ``(pyro_model, likelihood)`` built from
+    the run's :class:`~bayes_lora.inference.base.FitContext` (its model, training task, anchors and
+    curve). ``inference``: "nuts" / "hmc" (:func:`mcmc`, Pyro on the model) or "cached_nuts" /
+    "cached_svi" (:func:`cached_t_posterior`, for a model whose θ depends on t alone)."""
+    built = _import_factory(model)(ctx)
+    if not (isinstance(built, tuple) and len(built) == 2 and isinstance(built[1], LoRALikelihood)):
+        raise ValueError(f"model {model!r} must return (pyro_model, LoRALikelihood), got {type(built).__name__}")
+    pyro_model, lik = built
+    if inference in ("nuts", "hmc"):
+        post = mcmc(pyro_model, lik, kernel=inference, num_samples=num_samples, warmup=warmup,
+                    num_chains=num_chains, seed=ctx.seed, max_tree_depth=max_tree_depth)
+    else:
+        post = cached_t_posterior(pyro_model, lik, knots=knots, inference=inference.removeprefix("cached_"),
+                                  num_samples=num_samples, warmup=warmup, num_chains=num_chains, seed=ctx.seed,
+                                  max_tree_depth=max_tree_depth)
+    post.options = {**post.options, "model": model, "inference": inference}
+    post.factory = model
+    return post
+
+
+register("pyro", PyroPosterior, doc="a user-written Pyro model over a LoRA subspace",
+         choices={"inference": PYRO_INFERENCE})(fit_pyro)
+
 
 __all__ = ["SAVED_THETAS", "PyroPosterior", "cached_t_posterior", "mcmc"]
