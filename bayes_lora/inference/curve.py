@@ -19,6 +19,7 @@ from ..lora.curves import BezierCurve
 from ..lora.spaces import FullSpace
 from ..lora.train import NumericalError
 from ..models import CurveModel, CurvePosteriorSpec, TaskLogits
+from ..models.likelihood import seeded_rows
 from ..types import FitInfo
 from .base import FitContext, Posterior
 from .registry import register
@@ -104,11 +105,7 @@ class CurvePosterior(Posterior):
     def likelihood_rows(self, train, *, seed: int = 0) -> Tensor | None:
         """The training rows of the likelihood: the ``likelihood_examples`` rows :class:`TaskLogits`
         draws with the fit's ``seed`` (``FitContext.seed``), or None for every row."""
-        n = self.model.spec.likelihood_examples
-        if n is None or n >= len(train):
-            return None
-        g = torch.Generator().manual_seed(int(seed))
-        return torch.randperm(len(train), generator=g)[:n].sort().values
+        return seeded_rows(len(train), self.model.spec.likelihood_examples, seed)
 
     def thinned(self, max_draws: int) -> CurvePosterior:
         """At most ``max_draws`` draws: each chain evenly thinned to k = max_draws // chains of its
@@ -234,7 +231,7 @@ def fit_curve(
             t, stats = run_numpyro_nuts(grid, num_samples=num_samples, warmup=warmup, num_chains=num_chains,
                                         seed=ctx.seed, max_tree_depth=max_tree_depth, kind=inference)
         stats["logit_cache_seconds"] = grid.seconds
-        stats["interpolation_check"] = grid.check(model)
+        stats["interpolation_check"] = grid.check(model.log_likelihood_grid)
         info = FitInfo(time.perf_counter() - start, tuple(losses), stats)
         return CurvePosterior(ctx.fm, model, t, None, options=options, info=info)
     if inference in ("nuts", "hmc"):
@@ -254,38 +251,14 @@ def fit_curve(
 
 # --- NUTS / HMC ------------------------------------------------------------------------------
 def _run_mcmc(model, kind, num_samples, warmup, num_chains, seed, max_tree_depth):
-    from pyro.infer import HMC, MCMC, NUTS
-    from pyro.infer.autoguide.initialization import init_to_uniform
+    from .pyro_model import run_chains
 
-    from ..lora.rng import seeded
-
-    ts, zs, stats = [], [], {"divergences": [], "step_size": [], "acceptance_rate": [], "diverging": []}
-    for c in range(num_chains):
-        # chain c: the global RNGs seeded by seed·1000 + c and an empty Pyro param store, both
-        # restored on exit (the caller's RNG state and parameters are untouched)
-        with seeded(seed * 1000 + c, pyro_params=True):
-            kwargs = {"adapt_step_size": True, "init_strategy": init_to_uniform(radius=1.0), "jit_compile": False}
-            kernel = (NUTS(model, max_tree_depth=max_tree_depth, **kwargs) if kind == "nuts"
-                      else HMC(model, num_steps=8, **kwargs))
-            mcmc = MCMC(kernel, num_samples=num_samples, warmup_steps=warmup, num_chains=1, disable_progbar=True)
-            mcmc.run()
-        samples = mcmc.get_samples()
-        ts.append(samples["t"].reshape(-1))
-        if "z" in samples:
-            zs.append(samples["z"].reshape(num_samples, -1))
-        diag = mcmc.diagnostics()
-        div = diag.get("divergences", {}).get("chain 0", [])
-        flags = torch.zeros(num_samples, dtype=torch.bool)
-        if len(div):
-            flags[torch.as_tensor(div, dtype=torch.long).clamp_max(num_samples - 1)] = True
-        stats["diverging"].append(flags.tolist())
-        stats["divergences"].append(int(flags.sum()))
-        stats["step_size"].append(float(kernel.step_size))
-        stats["acceptance_rate"].append(float(diag.get("acceptance rate", {}).get("chain 0", float("nan"))))
-    t = torch.stack(ts)
-    z = torch.stack(zs) if zs else None
-    stats["num_divergences"] = int(sum(stats["divergences"]))
-    stats["kernel"] = kind
+    kernel_kw = {} if kind == "nuts" else {"num_steps": 8}
+    samples, stats = run_chains(model, kernel=kind, num_samples=num_samples, warmup=warmup, num_chains=num_chains,
+                                seed=seed, max_tree_depth=max_tree_depth, **kernel_kw)
+    t = samples["t"].reshape(num_chains, num_samples)
+    z = samples["z"].reshape(num_chains, num_samples, -1) if "z" in samples else None
+    stats["diverging"] = stats["diverging"].tolist()  # JSON in the saved posterior
     return t, z, stats
 
 
@@ -306,62 +279,62 @@ def _run_slice(model, num_samples, warmup, num_chains, seed, width: float = 1.0,
     # by ``seed`` in a scope that restores the caller's RNG state and Pyro param store on exit
     with seeded(seed, pyro_params=True):
         init, potential_fn, transforms = _potential(model)
-        names = list(init)
-        shapes = {k: v.shape for k, v in init.items()}
-        sizes = [int(torch.Size(shapes[k]).numel()) for k in names]
+    names = list(init)
+    shapes = {k: v.shape for k, v in init.items()}
+    sizes = [int(torch.Size(shapes[k]).numel()) for k in names]
 
-        def unflat(x):
-            out, lo = {}, 0
-            for k, s in zip(names, sizes):
-                out[k] = x[lo : lo + s].reshape(shapes[k])
-                lo += s
-            return out
+    def unflat(x):
+        out, lo = {}, 0
+        for k, s in zip(names, sizes):
+            out[k] = x[lo : lo + s].reshape(shapes[k])
+            lo += s
+        return out
 
-        def logp(x):
-            with torch.no_grad():
-                return -float(potential_fn(unflat(x)))
+    def logp(x):
+        with torch.no_grad():
+            return -float(potential_fn(unflat(x)))
 
-        ts, zs, evals = [], [], 0
-        for c in range(num_chains):
-            g = torch.Generator().manual_seed(seed * 1000 + c)
-            x = (torch.rand(sum(sizes), generator=g) * 2 - 1)
-            lp = logp(x)
-            keep_t, keep_z = [], []
-            for it in range(warmup + num_samples):
-                for j in range(x.numel()):
-                    y = lp + math.log(float(torch.rand(1, generator=g)) + 1e-300)
-                    u = float(torch.rand(1, generator=g))
-                    lo, hi = x[j] - width * u, x[j] + width * (1 - u)
-                    for _ in range(max_steps):
-                        xl = x.clone(); xl[j] = lo; evals += 1
-                        if logp(xl) <= y:
-                            break
-                        lo -= width
-                    for _ in range(max_steps):
-                        xh = x.clone(); xh[j] = hi; evals += 1
-                        if logp(xh) <= y:
-                            break
-                        hi += width
-                    while True:
-                        cand = x.clone()
-                        cand[j] = lo + (hi - lo) * float(torch.rand(1, generator=g))
-                        lc = logp(cand); evals += 1
-                        if lc > y:
-                            x, lp = cand, lc
-                            break
-                        if cand[j] < x[j]:
-                            lo = float(cand[j])
-                        else:
-                            hi = float(cand[j])
-                if it >= warmup:
-                    constrained = {k: transforms[k].inv(v) for k, v in unflat(x).items()}
-                    keep_t.append(constrained["t"].reshape(()))
-                    if "z" in constrained:
-                        keep_z.append(constrained["z"].reshape(-1))
-            ts.append(torch.stack(keep_t))
-            if keep_z:
-                zs.append(torch.stack(keep_z))
-        return torch.stack(ts), (torch.stack(zs) if zs else None), {"kernel": "slice", "potential_evals": evals}
+    ts, zs, evals = [], [], 0
+    for c in range(num_chains):
+        g = torch.Generator().manual_seed(seed * 1000 + c)
+        x = (torch.rand(sum(sizes), generator=g) * 2 - 1)
+        lp = logp(x)
+        keep_t, keep_z = [], []
+        for it in range(warmup + num_samples):
+            for j in range(x.numel()):
+                y = lp + math.log(float(torch.rand(1, generator=g)) + 1e-300)
+                u = float(torch.rand(1, generator=g))
+                lo, hi = x[j] - width * u, x[j] + width * (1 - u)
+                for _ in range(max_steps):
+                    xl = x.clone(); xl[j] = lo; evals += 1
+                    if logp(xl) <= y:
+                        break
+                    lo -= width
+                for _ in range(max_steps):
+                    xh = x.clone(); xh[j] = hi; evals += 1
+                    if logp(xh) <= y:
+                        break
+                    hi += width
+                while True:
+                    cand = x.clone()
+                    cand[j] = lo + (hi - lo) * float(torch.rand(1, generator=g))
+                    lc = logp(cand); evals += 1
+                    if lc > y:
+                        x, lp = cand, lc
+                        break
+                    if cand[j] < x[j]:
+                        lo = float(cand[j])
+                    else:
+                        hi = float(cand[j])
+            if it >= warmup:
+                constrained = {k: transforms[k].inv(v) for k, v in unflat(x).items()}
+                keep_t.append(constrained["t"].reshape(()))
+                if "z" in constrained:
+                    keep_z.append(constrained["z"].reshape(-1))
+        ts.append(torch.stack(keep_t))
+        if keep_z:
+            zs.append(torch.stack(keep_z))
+    return torch.stack(ts), (torch.stack(zs) if zs else None), {"kernel": "slice", "potential_evals": evals}
 
 
 # --- SVI ------------------------------------------------------------------------------------

@@ -23,7 +23,6 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -73,8 +72,8 @@ class PyroPosterior(Posterior):
         self.temperature = float(temperature if temperature is not None else
                                  (likelihood.temperature if likelihood is not None else 1.0))
         self.sample_stats = {k: torch.as_tensor(v) for k, v in (sample_stats or {}).items()}
-        if rows is None and likelihood is not None and likelihood.example_index.numel() < len(likelihood.source_task):
-            rows = likelihood.example_index
+        if rows is None and likelihood is not None:
+            rows = likelihood.rows
         self._rows = rows
         if model is None and thetas is None:
             raise ValueError("give the model (to rebuild θ from a draw) or the θ of the draws")
@@ -231,42 +230,58 @@ class PyroPosterior(Posterior):
         return cls(likelihood, samples, model=model, model_args=model_args, **kw)
 
 
-def mcmc(model: Callable, likelihood: LoRALikelihood, *model_args, kernel: str = "nuts", num_samples: int = 200,
-         warmup: int = 100, num_chains: int = 2, seed: int = 0, max_tree_depth: int = 6,
-         init_strategy: Callable | None = None, **kernel_kw) -> PyroPosterior:
-    """Pyro's NUTS (or HMC) on a user model, ``num_chains`` chains one after another (a torch
-    model does not fork well), chain c seeded with ``seed * 1000 + c``; RNG states and the
-    param store of the caller are left as they were."""
+def run_chains(model: Callable, *model_args, kernel: str = "nuts", num_samples: int = 200, warmup: int = 100,
+               num_chains: int = 2, seed: int = 0, max_tree_depth: int = 6, init_strategy: Callable | None = None,
+               **kernel_kw) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Pyro's NUTS (or HMC) on ``model``, ``num_chains`` chains one after another (a torch model
+    does not fork well), chain c seeded with ``seed * 1000 + c`` in a scope that leaves the
+    caller's RNG states and param store as they were.
+
+    Returns every latent site's draws [chains, draws, ...] and the sampler statistics:
+    ``diverging`` (a [chains, draws] bool mask), ``divergences`` (per chain), ``step_size`` and
+    ``acceptance_rate`` (per chain), ``num_divergences`` and ``kernel``."""
     from pyro.infer import HMC, MCMC, NUTS
     from pyro.infer.autoguide.initialization import init_to_uniform
 
     if kernel not in ("nuts", "hmc"):
         raise ValueError(f"kernel must be 'nuts' or 'hmc', got {kernel!r}")
-    start = time.perf_counter()
     per_chain: list[dict[str, Tensor]] = []
     diverging, steps, accept = [], [], []
     for c in range(num_chains):
         with seeded(seed * 1000 + c, pyro_params=True):
-            kw = {"adapt_step_size": True, "jit_compile": False,
-                  "init_strategy": init_strategy or init_to_uniform(radius=1.0), **kernel_kw}
+            kw = {"adapt_step_size": True, "init_strategy": init_strategy or init_to_uniform(radius=1.0),
+                  "jit_compile": False, **kernel_kw}
             k = NUTS(model, max_tree_depth=max_tree_depth, **kw) if kernel == "nuts" else HMC(model, **kw)
             run = MCMC(k, num_samples=num_samples, warmup_steps=warmup, num_chains=1, disable_progbar=True)
             run.run(*model_args)
-            per_chain.append({n: v.detach() for n, v in run.get_samples().items()})
-            flags = torch.zeros(num_samples, dtype=torch.bool)
-            idx = run.diagnostics().get("divergences", {}).get("chain 0", [])
-            if len(idx):
-                flags[torch.as_tensor(idx, dtype=torch.long).clamp_max(num_samples - 1)] = True
-            diverging.append(flags)
-            steps.append(float(k.step_size))
-            accept.append(float(run.diagnostics().get("acceptance rate", {}).get("chain 0", float("nan"))))
+        per_chain.append({n: v.detach() for n, v in run.get_samples().items()})
+        diag = run.diagnostics()
+        flags = torch.zeros(num_samples, dtype=torch.bool)
+        idx = diag.get("divergences", {}).get("chain 0", [])
+        if len(idx):
+            flags[torch.as_tensor(idx, dtype=torch.long).clamp_max(num_samples - 1)] = True
+        diverging.append(flags)
+        steps.append(float(k.step_size))
+        accept.append(float(diag.get("acceptance rate", {}).get("chain 0", float("nan"))))
     samples = {n: torch.stack([s[n] for s in per_chain]) for n in per_chain[0]}
-    stats = {"diverging": torch.stack(diverging)}
-    info = FitInfo(time.perf_counter() - start, (), {"kernel": kernel, "step_size": steps, "acceptance_rate": accept,
-                                                     "num_divergences": int(stats["diverging"].sum())})
+    div = torch.stack(diverging)
+    return samples, {"diverging": div, "divergences": div.sum(1).tolist(), "num_divergences": int(div.sum()),
+                     "step_size": steps, "acceptance_rate": accept, "kernel": kernel}
+
+
+def mcmc(model: Callable, likelihood: LoRALikelihood, *model_args, kernel: str = "nuts", num_samples: int = 200,
+         warmup: int = 100, num_chains: int = 2, seed: int = 0, max_tree_depth: int = 6,
+         init_strategy: Callable | None = None, **kernel_kw) -> PyroPosterior:
+    """Pyro's NUTS (or HMC) on a user model (:func:`run_chains`): every latent site kept."""
+    start = time.perf_counter()
+    samples, stats = run_chains(model, *model_args, kernel=kernel, num_samples=num_samples, warmup=warmup,
+                                num_chains=num_chains, seed=seed, max_tree_depth=max_tree_depth,
+                                init_strategy=init_strategy, **kernel_kw)
+    div = stats.pop("diverging")
+    info = FitInfo(time.perf_counter() - start, (), stats)
     options = {"kernel": kernel, "num_samples": num_samples, "warmup": warmup, "num_chains": num_chains,
                "seed": seed, "max_tree_depth": max_tree_depth}
-    return PyroPosterior(likelihood, samples, model=model, model_args=model_args, sample_stats=stats,
+    return PyroPosterior(likelihood, samples, model=model, model_args=model_args, sample_stats={"diverging": div},
                          options=options, info=info)
 
 
@@ -296,12 +311,13 @@ def cached_t_posterior(model: Callable, likelihood: LoRALikelihood, *model_args,
         raise ValueError("the cached-logit path needs the full-data likelihood (subsample_size=None)")
     prior = numpyro_t_prior(site["fn"])
     start = time.perf_counter()
-    t_knots = torch.linspace(0, 1, knots)
     shape = site["value"].shape
-    logits = torch.stack([likelihood.logits(likelihood.theta_of(model, {name: tk.reshape(shape)}, *model_args))
-                          for tk in t_knots])
-    grid = LogitGrid(t_knots.numpy(), logits.double().numpy(), likelihood.labels.numpy(), likelihood.temperature,
-                     prior, time.perf_counter() - start)
+
+    def theta_at(t: Tensor) -> Tensor:
+        return likelihood.theta_of(model, {name: t.reshape(shape)}, *model_args)
+
+    grid = LogitGrid.tabulate(lambda t: likelihood.logits(theta_at(t)), knots, likelihood.labels,
+                              likelihood.temperature, prior)
     losses: tuple = ()
     if inference in ("nuts", "hmc"):
         t, stats = run_numpyro_nuts(grid, num_samples=num_samples, warmup=warmup, num_chains=num_chains,
@@ -314,23 +330,13 @@ def cached_t_posterior(model: Callable, likelihood: LoRALikelihood, *model_args,
     else:
         raise ValueError(f"inference must be 'nuts', 'hmc' or 'svi', got {inference!r}")
     stats["logit_cache_seconds"] = grid.seconds
-    stats["interpolation_check"] = _check_grid(grid, model, likelihood, name, shape, model_args)
+    stats["interpolation_check"] = grid.check(
+        lambda ts: torch.stack([likelihood.log_likelihood(theta_at(t)).sum() for t in ts]) / likelihood.temperature)
     samples = {name: t.reshape(*t.shape, *shape)}
     options = {"inference": inference, "knots": knots, "num_samples": num_samples, "warmup": warmup,
                "num_chains": num_chains, "seed": seed, "prior": [prior[0], list(prior[1])]}
     return PyroPosterior(likelihood, samples, model=model, model_args=model_args, sample_stats=sample_stats,
                          options=options, info=FitInfo(time.perf_counter() - start, losses, stats))
-
-
-def _check_grid(grid, model, lik, name, shape, model_args, points: int = 4) -> dict[str, Any]:
-    G = len(grid.knots)
-    idx = np.linspace(0, G - 2, points).round().astype(int)
-    ts = (grid.knots[idx] + grid.knots[idx + 1]) / 2
-    exact = [float(lik.log_likelihood(lik.theta_of(model, {name: torch.tensor(float(t)).reshape(shape)},
-                                                    *model_args)).sum()) / lik.temperature for t in ts]
-    approx = [float(grid.log_likelihood(float(t))) for t in ts]
-    return {"t": ts.tolist(), "exact": exact, "interpolated": approx,
-            "max_abs_error": float(np.max(np.abs(np.array(exact) - np.array(approx))))}
 
 
 def _import_factory(spec: str) -> Callable:

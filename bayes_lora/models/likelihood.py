@@ -8,6 +8,14 @@ from ..lora.params import FunctionalModel
 from ..types import EncodedTask, over_batches
 
 
+def seeded_rows(n: int, examples: int | None, seed: int = 0) -> Tensor | None:
+    """The sorted rows of a seeded subset of ``examples`` of ``n`` (None: all rows are used)."""
+    if examples is None or examples >= n:
+        return None
+    g = torch.Generator().manual_seed(int(seed))
+    return torch.randperm(n, generator=g)[:examples].sort().values
+
+
 class TaskLogits:
     """``logits(θ, index)`` → [n, C] class logits of the task's examples at θ (differentiable).
 
@@ -20,13 +28,11 @@ class TaskLogits:
 
     def __init__(self, fm: FunctionalModel, task: EncodedTask, *, batch_size: int = 128,
                  examples: int | None = None, seed: int = 0):
-        self.source_task = task  # the task as given: ``example_index`` are rows of it
-        if examples is not None and examples < len(task):
-            g = torch.Generator().manual_seed(int(seed))
-            self.example_index = torch.randperm(len(task), generator=g)[:examples].sort().values
-            task = task.subset(self.example_index)
-        else:
-            self.example_index = torch.arange(len(task))
+        #: the rows of the task given that the likelihood keeps (None: all of them)
+        self.rows = seeded_rows(len(task), examples, seed)
+        self.example_index = torch.arange(len(task)) if self.rows is None else self.rows
+        if self.rows is not None:
+            task = task.subset(self.rows)
         self.fm, self.task, self.batch_size = fm, task, batch_size
 
     @property

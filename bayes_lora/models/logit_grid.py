@@ -36,19 +36,26 @@ class LogitGrid:
     @classmethod
     @torch.no_grad()
     def build(cls, model: CurveModel, knots: int = 33) -> LogitGrid:
-        import time
-
         prior = numpyro_t_prior(model.t_prior)  # refuses a prior it cannot honour, before any work
         if model.spec.offset.dim:
             raise ValueError("cached logits cover t alone: set offset.dim = 0 (or logit_cache = 0)")
         if knots < 4:
             raise ValueError(f"logit_cache needs at least 4 knots, got {knots}")
+        lik = model.likelihood
+        return cls.tabulate(lambda tk: lik.logits(model.theta(tk)), knots, lik.labels, model.spec.temperature, prior)
+
+    @classmethod
+    @torch.no_grad()
+    def tabulate(cls, logits_at, knots: int, labels: Tensor, temperature: float,
+                 prior: tuple[str, tuple[float, ...]]) -> LogitGrid:
+        """``logits_at(t)`` ([n, C] class logits at a scalar t) at ``knots`` equally spaced t."""
+        import time
+
         start = time.perf_counter()
         t = torch.linspace(0, 1, knots)
-        lik = model.likelihood
-        logits = torch.stack([lik.logits(model.theta(tk)) for tk in t])
-        return cls(t.numpy(), logits.double().numpy(), lik.labels.numpy(), float(model.spec.temperature),
-                   prior, time.perf_counter() - start)
+        logits = torch.stack([logits_at(tk) for tk in t])
+        return cls(t.numpy(), logits.double().numpy(), labels.numpy(), float(temperature), prior,
+                   time.perf_counter() - start)
 
     # ------------------------------------------------------------------------------------------
     def interpolate(self, t):
@@ -94,12 +101,15 @@ class LogitGrid:
         return model
 
     @torch.no_grad()
-    def check(self, model: CurveModel, points: int = 4) -> dict:
-        """Exact vs interpolated log-likelihood at ``points`` t between knots (the largest error)."""
+    def check(self, exact_loglik, points: int = 4) -> dict:
+        """Exact vs interpolated log-likelihood at ``points`` t between knots (the largest error).
+
+        ``exact_loglik(ts)``: the tempered log-likelihood (1/T) Σ_i log p(y_i | θ(t)) at each t of
+        ``ts`` [points], e.g. :meth:`CurveModel.log_likelihood_grid`."""
         G = len(self.knots)
         idx = np.linspace(0, G - 2, points).round().astype(int)
         ts = (self.knots[idx] + self.knots[idx + 1]) / 2
-        exact = model.log_likelihood_grid(torch.tensor(ts, dtype=torch.float32)).double().numpy()
+        exact = torch.as_tensor(exact_loglik(torch.tensor(ts, dtype=torch.float32))).double().numpy()
         approx = np.array([float(self.log_likelihood(float(t))) for t in ts])
         return {"t": ts.tolist(), "exact": exact.tolist(), "interpolated": approx.tolist(),
                 "max_abs_error": float(np.max(np.abs(exact - approx)))}

@@ -73,7 +73,7 @@ class LoRALikelihood(TaskLogits):
         if subsample_size is not None and subsample_size < 1:
             raise ValueError(f"subsample_size must be ≥ 1, got {subsample_size}")
         super().__init__(fm, task, batch_size=batch_size, examples=examples, seed=seed)
-        self.full_fm, self.full_task = self.fm, self.task
+        self.full_fm = self.fm  # the model as given (predicts tasks that are not cached)
         if prefix_cache:
             from ..lora.prefix import CachedTask, with_prefix_cache
 
