@@ -15,7 +15,7 @@ from bayes_lora.inference.registry import fit
 cfg = load_config("configs/default.toml")
 r = Runner(cfg, "runs/default", data_dir="../shared/data", log=lambda m: None, progress=False)
 p = r.prepare()
-ctx = r.context(r.anchors(), None)
+ctx = r.context(r.anchors(), None, r.projected_map())
 dev = dev_split(cfg, p)
 top2 = ["*.layer.4.*", "*.layer.5.*", "*classifier*"]
 candidates = {

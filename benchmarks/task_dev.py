@@ -14,6 +14,7 @@ from dev_split import dev_split
 from bayes_lora.diagnostics.metrics import matthews_corrcoef, summarize
 from bayes_lora.experiment.config import load_config
 from bayes_lora.experiment.runner import Runner
+from bayes_lora.inference.base import Needs
 from bayes_lora.inference.registry import fit
 
 ap = argparse.ArgumentParser()
@@ -47,6 +48,8 @@ for lr, epochs in itertools.product(args.lr.split(","), args.epochs.split(",")):
         best = (m["nll"], lr, epochs, r, ctx, dev)
 if args.methods and best is not None:
     _, lr, epochs, r, ctx, dev = best
+    if Needs.PROJECTED_MAP in r.needs():
+        ctx.projected = r.projected_map()
     for label, m_cfg in base.methods.items():
         if m_cfg.method not in ("laplace", "swag"):
             continue

@@ -31,7 +31,7 @@ args = ap.parse_args()
 cfg = load_config("configs/default.toml")
 r = Runner(cfg, "runs/default", data_dir="../shared/data", log=lambda m: None, progress=False)
 p = r.prepare()
-ctx = r.context(r.anchors(), None)
+ctx = r.context(r.anchors(), None, r.projected_map())
 dev = dev_split(cfg, p)
 opts = dict(cfg.methods["vi"].options)
 if args.steps:

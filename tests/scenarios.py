@@ -130,8 +130,9 @@ def tiny_context(n_anchors: int = 2, n_train: int = 64, steps: int = 150, dropou
             [fine_tune(fm, FullSpace(fm.layout), train, TrainConfig(**{**cfg.__dict__, "seed": s})).latent
              for s in range(n_anchors)]
         )
-        _CONTEXT_CACHE[key] = (FitContext(fm=fm, train=train, anchors=anchors, train_config=cfg,
-                                          projected_lr=5e-2), test)
+        ctx = FitContext(fm=fm, train=train, anchors=anchors, train_config=cfg, projected_lr=5e-2)
+        ctx.fit_projected_map()  # the LoRA-XS MAP the projected methods fit around, asked for explicitly
+        _CONTEXT_CACHE[key] = (ctx, test)
     ctx, test = _CONTEXT_CACHE[key]
     return ctx, test
 
@@ -165,7 +166,7 @@ def tiny_run_config(model_dir, **tables) -> dict:
         "lora": {"r": 4, "alpha": 8.0, "target_modules": ["query", "value"]},
         "data": {"task": "sst2", "train_examples": 96, "min_words": 5},
         "anchors": {"count": 2, "epochs": 20.0, "lr": 1e-2, "batch_size": 16, "max_steps": 80},
-        "curve": {"degree": 2, "epochs": 5.0, "max_steps": 20, "batch_size": 16, "path_points": 5},
+        "curve": {"degree": 2, "epochs": 5.0, "max_steps": 20, "batch_size": 16}, "paths": {"points": 5},
         "posterior": {"likelihood_examples": 32},
         "evaluation": {"num_samples": 3, "batch_size": 32, "idata_draws": 6},
         "runtime": {"progress": False},

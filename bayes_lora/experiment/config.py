@@ -18,13 +18,15 @@ import math
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import Any, ClassVar, get_args, get_origin, get_type_hints
 
 from ..data.tasks import SPLITS, TaskSpec, get_task, task_names
 from ..lora.curve_train import CurveConfig
 from ..lora.train import TrainConfig
+from ..options import check_value, config_fields, option
 
 #: the registered task names (a config may also describe a task by its files: a [data.task] table)
 TASKS = task_names()
@@ -34,9 +36,13 @@ class ConfigError(ValueError):
     """A config that cannot be run; the message names the key and what is allowed."""
 
 
-def _spec(*, ge=None, gt=None, le=None, lt=None, choices=None, doc: str = "", nonempty=False, **kw):
-    meta = {"ge": ge, "gt": gt, "le": le, "lt": lt, "choices": choices, "doc": doc, "nonempty": nonempty}
-    return field(metadata=meta, **kw)
+#: keys that moved, so that an older config gets told where
+MOVED = {"curve.path_points": "paths.points", "curve.path_examples": "paths.examples"}
+
+
+def _spec(*, default=MISSING, **kw):
+    """A config-only field (:func:`~bayes_lora.options.option`)."""
+    return option(default, **kw)
 
 
 def _type_name(tp) -> str:
@@ -89,21 +95,9 @@ def _coerce(value: Any, tp, key: str):
 
 
 def _check_range(value, meta: Mapping, key: str) -> None:
-    items = value if isinstance(value, tuple) else (value,)
-    if meta.get("nonempty") and isinstance(value, tuple) and not value:
-        raise ConfigError(f"{key} must not be empty")
-    for v in items:
-        if v is None:
-            continue
-        if meta.get("choices") is not None and v not in meta["choices"]:
-            raise ConfigError(f"{key} must be one of {list(meta['choices'])}, got {v!r}")
-        for op, bound, word in (("ge", meta.get("ge"), "≥"), ("gt", meta.get("gt"), ">"),
-                                ("le", meta.get("le"), "≤"), ("lt", meta.get("lt"), "<")):
-            if bound is None or isinstance(v, str):
-                continue
-            ok = {"ge": v >= bound, "gt": v > bound, "le": v <= bound, "lt": v < bound}[op]
-            if not ok:
-                raise ConfigError(f"{key} must be {word} {bound}, got {v!r}")
+    why = check_value(value, meta, key)
+    if why is not None:
+        raise ConfigError(why)
 
 
 def build(cls, data: Mapping[str, Any] | None, where: str):
@@ -112,12 +106,15 @@ def build(cls, data: Mapping[str, Any] | None, where: str):
     if not isinstance(data, Mapping):
         raise ConfigError(f"[{where}] must be a table, got {data!r}")
     hints = get_type_hints(cls)
-    allowed = [f.name for f in fields(cls)]
+    allowed = [f.name for f in config_fields(cls)]
     unknown = sorted(set(data) - set(allowed))
     if unknown:
+        moved = MOVED.get(f"{where}.{unknown[0]}")
+        if moved:
+            raise ConfigError(f"{where}.{unknown[0]} is now {moved}")
         raise ConfigError(f"unknown key {where}.{unknown[0]}; allowed keys in [{where}]: {', '.join(allowed)}")
     kwargs = {}
-    for f in fields(cls):
+    for f in config_fields(cls):
         if f.name not in data:
             continue
         key = f"{where}.{f.name}"
@@ -201,43 +198,26 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
-class AnchorsConfig:
+class AnchorsConfig(TrainConfig):
+    """How many anchors, with which seeds (or from which file), fine-tuned with these
+    :class:`~bayes_lora.lora.train.TrainConfig` settings (its fields and defaults, inherited)."""
+
     count: int = _spec(default=3, ge=1, le=64)
     seeds: tuple[int, ...] = _spec(default=(), ge=0, doc="one per anchor; empty = seed, seed+1, …")
-    # the training defaults are the library's (lora.train.TrainConfig): one place for both
-    epochs: float = _spec(default=TrainConfig.epochs, gt=0)
-    lr: float = _spec(default=TrainConfig.lr, gt=0)
-    batch_size: int = _spec(default=TrainConfig.batch_size, ge=1)
-    weight_decay: float = _spec(default=TrainConfig.weight_decay, ge=0)
-    max_steps: int = _spec(default=0, ge=0, doc="0 = no limit")
     path: str = _spec(default="", doc="use these fine-tuned anchors (an anchors.safetensors of an earlier run) "
                                       "instead of training them; '' = train")
 
+    def training(self, seed: int) -> TrainConfig:
+        """The fine-tuning settings alone, with ``seed``."""
+        return TrainConfig(**{f.name: getattr(self, f.name) for f in dataclass_fields(TrainConfig)} | {"seed": seed})
+
 
 @dataclass(frozen=True)
-class CurveSection:
-    # the training defaults are the library's (lora.curve_train.CurveConfig): one place for both
-    degree: int = _spec(default=CurveConfig.degree, ge=2, le=8)
-    anchored: bool = _spec(default=CurveConfig.anchored)
-    epochs: float = _spec(default=CurveConfig.epochs, gt=0)
-    lr: float = _spec(default=CurveConfig.lr, gt=0)
-    batch_size: int = _spec(default=CurveConfig.batch_size, ge=1)
-    js_weight: float = _spec(default=CurveConfig.js_weight, ge=0)
-    js_points: int = _spec(default=CurveConfig.js_points, ge=2)
-    js_batch: int = _spec(default=CurveConfig.js_batch, ge=1)
-    js_grad: str = _spec(default=CurveConfig.js_grad, choices=("first", "all"),
-                         doc="'first': backpropagate the JS term through the loss point only (weighted by M, "
-                             "the same expected gradient, cheaper); 'all': through every point")
-    t_sampling: str = _spec(default=CurveConfig.t_sampling, choices=("step", "example"),
-                            doc="'step': one t per minibatch; 'example': every example of a minibatch its own t "
-                                "(per-example adapters)")
-    perturbation: str = _spec(default=CurveConfig.perturbation, choices=("none", "gaussian", "sam"))
-    sigma: float = _spec(default=CurveConfig.sigma, ge=0)
-    rho: float = _spec(default=CurveConfig.rho, ge=0)
-    init_noise: float = _spec(default=CurveConfig.init_noise, ge=0)
-    max_steps: int = _spec(default=0, ge=0, doc="0 = no limit")
-    path_points: int = _spec(default=11, ge=3, le=201)
-    path_examples: int = _spec(default=0, ge=0, doc="test examples the paths are evaluated on; 0 = all")
+class PathsConfig:
+    """The loss and accuracy along the straight line and the curve between the anchors."""
+
+    points: int = _spec(default=11, ge=3, le=201, doc="values of t on each path")
+    examples: int = _spec(default=0, ge=0, doc="test examples the paths are evaluated on; 0 = all")
 
 
 @dataclass(frozen=True)
@@ -322,14 +302,15 @@ class ExperimentConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)
     data: DataConfig = field(default_factory=DataConfig)
     anchors: AnchorsConfig = field(default_factory=AnchorsConfig)
-    curve: CurveSection = field(default_factory=CurveSection)
+    curve: CurveConfig = field(default_factory=CurveConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
     posterior: dict = field(default_factory=dict)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     methods: dict = field(default_factory=dict)  # label → MethodConfig
 
     TABLES: ClassVar[dict[str, type]] = {"model": ModelConfig, "lora": LoraConfig, "data": DataConfig, "anchors": AnchorsConfig,
-              "curve": CurveSection, "evaluation": EvaluationConfig, "runtime": RuntimeConfig}
+              "curve": CurveConfig, "paths": PathsConfig, "evaluation": EvaluationConfig, "runtime": RuntimeConfig}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ExperimentConfig:
@@ -409,7 +390,7 @@ class ExperimentConfig:
         d = {"seed": self.seed, "name": self.name}
         for name in self.TABLES:
             table = getattr(self, name)
-            d[name] = _plain({f.name: _value(getattr(table, f.name)) for f in fields(table)})
+            d[name] = _plain({f.name: _value(getattr(table, f.name)) for f in config_fields(type(table))})
         d["posterior"] = _plain(self.posterior)
         d["methods"] = {label: {"method": m.method, **_plain(m.options)} for label, m in self.methods.items()}
         return d
@@ -523,7 +504,8 @@ def smoke(cfg: ExperimentConfig) -> ExperimentConfig:
     return cfg.with_overrides(
         data={"train_examples": min(cfg.data.train_examples, 48), "test_examples": 32, "ood_examples": 32},
         anchors={"max_steps": 3, "batch_size": 8},
-        curve={"max_steps": 3, "batch_size": 8, "path_points": 3, "path_examples": 32},
+        curve={"max_steps": 3, "batch_size": 8},
+        paths={"points": 3, "examples": 32},
         evaluation={"num_samples": 2, "idata_draws": 4, "loo_examples": 32},
         methods=methods,
     )

@@ -8,6 +8,7 @@ stage (:func:`prepare`).
 """
 from __future__ import annotations
 
+import inspect
 import json
 import time
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ..inference.base import PROJECTED_LR, Needs
 from ..lora.io import atomic_write_bytes, atomic_write_json, file_digest, load_tensors, save_tensors
 from ..lora.train import NumericalError
 from .config import ExperimentConfig, dump_toml, hash_json
@@ -80,8 +82,7 @@ class Runner:
         given = c.anchors.path
         anchors = hash_json([data, c.digest("lora"), c.digest("anchors"), list(c.anchor_seeds),
                              file_digest(given) if given and Path(given).is_file() else ""])
-        curve_d = {k: v for k, v in c.to_dict()["curve"].items() if k not in ("path_points", "path_examples")}
-        curve = hash_json([anchors, curve_d])
+        curve = hash_json([anchors, c.digest("curve")])
         if stage == "anchors":
             return anchors
         if stage == "anchor":  # one anchor: its training options and seed, not how many there are
@@ -90,19 +91,37 @@ class Runner:
         if stage == "curve":
             return curve
         if stage == "paths":
-            return hash_json([curve, c.curve.path_points, c.curve.path_examples])
+            return hash_json([curve, c.digest("paths")])
         if stage == "projected_map":
-            return hash_json([anchors, "projected_map"])
+            return hash_json([anchors, "projected_map", PROJECTED_LR])
         if stage in ("fit", "eval"):
-            m = c.methods[method]
-            parts = [anchors, m.method, m.options]
-            if m.method in ("laplace", "swag", "vi"):
-                parts.append("projected-lr-2e-2")
-            if m.method == "curve":
-                parts += [curve, c.posterior]
+            backend, options = self.method_options(method)
+            needs = backend.needs(options)
+            parts = [anchors, backend.name, options, backend.fingerprint(options)]
+            parts += [self.key(n.value) for n in sorted(needs) if n is not Needs.ANCHORS]
             fit = hash_json(parts)
             return fit if stage == "fit" else hash_json([fit, c.digest("evaluation")])
         raise KeyError(stage)
+
+    def method_options(self, label: str):
+        """The backend of method ``label`` and its options: the config's, with the ``[posterior]``
+        table as the ``posterior`` option of a backend that takes one (unless the method sets it)."""
+        from ..inference.registry import get_backend
+
+        m = self.cfg.methods[label]
+        backend = get_backend(m.method)
+        options = dict(m.options)
+        if "posterior" in inspect.signature(backend.fit).parameters:
+            options.setdefault("posterior", self.cfg.posterior)
+        return backend, options
+
+    def needs(self) -> frozenset:
+        """What the configured methods fit from (:class:`~bayes_lora.inference.base.Needs`)."""
+        out: set = set()
+        for label in self.cfg.methods:
+            backend, options = self.method_options(label)
+            out |= backend.needs(options)
+        return frozenset(out)
 
     # ------------------------------------------------------------------ prepare ------------
     def prepare(self) -> Prepared:
@@ -186,11 +205,7 @@ class Runner:
                                        log=lambda m, name=name: self.log(f"[{name}] {m}"))
 
     def _train_config(self, seed: int | None = None):
-        from ..lora.train import TrainConfig
-
-        a = self.cfg.anchors
-        return TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay,
-                           seed=self.cfg.seed if seed is None else seed, max_steps=a.max_steps or None)
+        return self.cfg.anchors.training(self.cfg.seed if seed is None else seed)
 
     def anchor(self, i: int) -> Tensor:
         """Anchor ``i``: its own stage, keyed by its seed and training options (a killed run
@@ -250,15 +265,14 @@ class Runner:
         return stack
 
     def curve(self, anchors: Tensor):
-        from ..lora.curve_train import CurveConfig, train_curve
+        from dataclasses import replace
+
+        from ..lora.curve_train import train_curve
         from ..lora.curves import BezierCurve
         from ..lora.spaces import FullSpace
 
-        c, p = self.cfg.curve, self.prep
-        cc = CurveConfig(degree=c.degree, anchored=c.anchored, epochs=c.epochs, batch_size=c.batch_size, lr=c.lr,
-                         js_weight=c.js_weight, js_points=c.js_points, js_batch=c.js_batch, js_grad=c.js_grad,
-                         t_sampling=c.t_sampling, perturbation=c.perturbation, sigma=c.sigma, rho=c.rho, init_noise=c.init_noise,
-                         seed=self.cfg.seed, max_steps=c.max_steps or None)
+        p = self.prep
+        cc = replace(self.cfg.curve, seed=self.cfg.seed)
 
         def build(folder: Path):
             res = train_curve(p.fm, FullSpace(p.fm.layout), p.train, anchors, cc, progress=self.progress,
@@ -283,61 +297,62 @@ class Runner:
         from ..lora.curve_train import linear_and_curve_paths
         from ..lora.spaces import FullSpace
 
-        p, c = self.prep, self.cfg.curve
-        task = p.test if not c.path_examples else p.test.subset(torch.arange(min(c.path_examples, len(p.test))))
+        p, c = self.prep, self.cfg.paths
+        task = p.test if not c.examples else p.test.subset(torch.arange(min(c.examples, len(p.test))))
 
         def build(folder: Path):
-            res = linear_and_curve_paths(p.fm, FullSpace(p.fm.layout), task, curve, grid=c.path_points,
+            res = linear_and_curve_paths(p.fm, FullSpace(p.fm.layout), task, curve, grid=c.points,
                                          batch_size=self.cfg.evaluation.batch_size)
             atomic_write_json(folder / "paths.json", {k: v.to_dict() for k, v in res.items()})
 
         folder = self._stage("paths", self.key("paths"), build)
         return json.loads((folder / "paths.json").read_text())
 
-    def context(self, anchors: Tensor, curve):
+    def projected_map(self):
+        """The LoRA-XS MAP (its own stage): the cores fine-tuned with the anchors' schedule and
+        learning rate ``PROJECTED_LR``, which the projected methods fit around."""
+        from ..inference.base import ProjectedMAP, fit_projected_map
+        from ..lora.spaces import ProjectedSpace
+
+        p, key = self.prep, self.key("projected_map")
+        space = ProjectedSpace(p.fm.model, p.fm.layout)
+
+        def build(folder: Path):
+            pm = fit_projected_map(p.fm, p.train, self._train_config(), space=space, lr=PROJECTED_LR,
+                                   progress=self.progress, checkpoint=self._checkpoint("projected_map", key))
+            save_tensors(folder / "core.safetensors", {"core": pm.core}, {"seconds": pm.seconds})
+            return {"seconds": pm.seconds}
+
+        folder = self._stage("projected_map", key, build)
+        tensors, meta = load_tensors(folder / "core.safetensors")
+        return ProjectedMAP(space, tensors["core"], float(meta.get("seconds", 0.0)))
+
+    def context(self, anchors: Tensor, curve, projected=None):
+        """The fit context: every stage result the methods need, given explicitly."""
         from ..inference.base import FitContext
 
         p = self.prep
-        ctx = FitContext(p.fm, p.train, anchors=anchors, curve=curve, train_config=self._train_config(),
-                         seed=self.cfg.seed, progress=self.progress, metadata=p.backbone.metadata())
-        ctx.checkpointer = self._fit_checkpointer(None)
-        folder = self.store.path("projected_map")
-        if self.store.done("projected_map", self.key("projected_map")):
-            ctx.cache["projected_map"] = load_tensors(folder / "core.safetensors")[0]["core"]
-        return ctx
+        return FitContext(p.fm, p.train, anchors=anchors, curve=curve, projected=projected,
+                          train_config=self._train_config(), projected_lr=PROJECTED_LR, seed=self.cfg.seed,
+                          progress=self.progress, metadata=p.backbone.metadata())
 
-    def _save_projected_map(self, ctx) -> None:
-        key = self.key("projected_map")
-        if "projected_map" in ctx.cache and not self.store.done("projected_map", key):
-            folder = self.store.begin("projected_map")
-            save_tensors(folder / "core.safetensors", {"core": ctx.cache["projected_map"]})
-            self.store.finish("projected_map", key, float(ctx.cache.get("projected_map_seconds", 0.0)))
-            self.store.clear_checkpoints("projected_map")
-
-    def _fit_checkpointer(self, label: str | None):
-        """Checkpoints of the loops inside a fit: the shared projected MAP has its own stage key;
-        any other loop is keyed by the method's fit stage."""
+    def _fit_checkpointer(self, label: str):
+        """Checkpoints of the loops inside a fit (SWAG's collection), keyed by the method's fit stage."""
         def make(loop: str):
-            if loop == "projected_map":
-                return self._checkpoint("projected_map", self.key("projected_map"))
-            if label is None:
-                return None
             return self._checkpoint(f"fit:{label}:{loop}", hash_json([self.key("fit", label), loop]))
         return make
 
     def fit_method(self, label: str, ctx):
-        from ..inference.registry import fit, load
+        from ..inference.registry import load
 
-        m = self.cfg.methods[label]
-        options = dict(m.options)
-        if m.method == "curve":
-            options.setdefault("posterior", self.cfg.posterior)
+        backend, options = self.method_options(label)
 
         def build(folder: Path):
+            from ..inference.registry import fit
+
             ctx.checkpointer = self._fit_checkpointer(label)
-            post = fit(m.method, ctx, **options)
+            post = fit(backend.name, ctx, **options)
             post.save(folder)
-            self._save_projected_map(ctx)
             return {"fit_seconds": post.info.seconds}
 
         folder = self._stage(f"fit:{label}", self.key("fit", label), build)
@@ -403,7 +418,8 @@ class Runner:
         if self.cfg.anchors.count >= 2:
             curve = self.curve(anchors)
             paths = self.paths(curve)
-        ctx = self.context(anchors, curve)
+        projected = self.projected_map() if Needs.PROJECTED_MAP in self.needs() else None
+        ctx = self.context(anchors, curve, projected)
         methods = {}
         for label in self.cfg.methods:
             post = self.fit_method(label, ctx)
@@ -428,21 +444,6 @@ class Runner:
         cluster.shutdown()
         return results
 
-    def _needs_projected_map(self) -> bool:
-        """Whether a method fits around the LoRA-XS MAP core (its default space included)."""
-        import inspect
-
-        from ..inference.registry import get_backend
-
-        for m in self.cfg.methods.values():
-            opt = {"laplace": "space", "swag": "space", "vi": "kind"}.get(m.method)
-            if opt is None:
-                continue
-            default = inspect.signature(get_backend(m.method).fit).parameters[opt].default
-            if m.options.get(opt, default) == "projected":
-                return True
-        return False
-
     def _distributed_stages(self, cluster) -> None:
         """Every stage, level by level, each process running its share (see :mod:`.distributed`)."""
         base_log = self.log
@@ -455,15 +456,12 @@ class Runner:
         jobs = []
         if self.cfg.anchors.count >= 2:
             jobs.append(("curve", lambda: self.curve(anchors)))
-        if self._needs_projected_map():
-            def projected_map():
-                ctx = self.context(anchors, None)
-                ctx.projected_map()
-                self._save_projected_map(ctx)
-            jobs.append(("projected_map", projected_map))
+        needs_projected = Needs.PROJECTED_MAP in self.needs()
+        if needs_projected:
+            jobs.append(("projected_map", self.projected_map))
         level(jobs)
         curve = self.curve(anchors) if self.cfg.anchors.count >= 2 else None
-        ctx = self.context(anchors, curve)
+        ctx = self.context(anchors, curve, self.projected_map() if needs_projected else None)
         jobs = [(f"fit:{label}", lambda label=label: self.fit_method(label, ctx)) for label in self.cfg.methods]
         if curve is not None:
             jobs.insert(0, ("paths", lambda: self.paths(curve)))

@@ -68,7 +68,7 @@ class StageStore:
 
         Checkpoints live in ``<run>/checkpoints/`` (outside the stage folder, which an unfinished
         attempt empties) and are removed when their stage finishes."""
-        from ..lora.checkpoint import Checkpointer
+        from .checkpoint import Checkpointer
 
         if every <= 0:
             return None

@@ -13,8 +13,8 @@ Every method is fitted by a registered function ``fit(ctx, **options) -> Posteri
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 from types import MappingProxyType
@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from ..lora.checkpoint import Checkpointer
+from ..lora.checkpoint import LoopCheckpoint
 from ..lora.io import atomic_write_json, load_tensors, save_tensors
 from ..lora.params import FunctionalModel
 from ..lora.spaces import FullSpace, MaskedSpace, ParameterSpace, ProjectedSpace
@@ -54,7 +54,7 @@ class SpaceKind(str, Enum):
     """The parameter space a Gaussian approximation (Laplace, SWAG) lives in."""
 
     PROJECTED = "projected"
-    """LoRA-XS cores (and head) around the projected MAP ``ctx.projected_map()`` (B-LoRA-XS)."""
+    """LoRA-XS cores (and head) around the LoRA-XS MAP ``ctx.projected`` (B-LoRA-XS)."""
     ADAPTER = "adapter"
     """r×r cores (and head) between the frozen SVD factors of a fine-tuned anchor's own update
     B̂Â, around that anchor (identity cores): a small subspace through the full-LoRA MAP."""
@@ -65,9 +65,74 @@ class SpaceKind(str, Enum):
     head) around a fine-tuned anchor, the rest fixed there: a subnetwork Laplace."""
 
 
+class Needs(str, Enum):
+    """What a method fits from, besides the model and the training task: a backend declares these
+    for its options (:func:`~bayes_lora.inference.registry.register`'s ``needs``) so that a caller
+    (the runner) can produce them first and key the fit by them, without knowing the backend."""
+
+    ANCHORS = "anchors"
+    """Fine-tuned optima ``FitContext.anchors``."""
+    CURVE = "curve"
+    """A trained Bézier curve ``FitContext.curve``."""
+    PROJECTED_MAP = "projected_map"
+    """A MAP core in the LoRA-XS space ``FitContext.projected`` (:func:`fit_projected_map`)."""
+
+
+def needs_for_space(option: str) -> Callable[[Mapping[str, Any]], tuple[Needs, ...]]:
+    """The ``needs`` of a backend whose option ``option`` names its space: the LoRA-XS MAP for
+    "projected", the anchors for any other space."""
+    return lambda o: (Needs.PROJECTED_MAP,) if o.get(option) == "projected" else (Needs.ANCHORS,)
+
+
+@dataclass
+class ProjectedMAP:
+    """A MAP in the LoRA-XS space (B-LoRA-XS): the r×r cores (and head) fine-tuned between the
+    frozen truncated-SVD factors of the base weights. The projected Laplace, SWAG and VI fit
+    around it.
+
+    Attributes
+    ----------
+    space: the projected space (its SVD factors).
+    core: the MAP latent ŵ [d] in ``space``.
+    seconds: the fine-tuning time (reported in the methods' statistics).
+    """
+
+    space: ProjectedSpace
+    core: Tensor
+    seconds: float = 0.0
+
+
+#: Adam learning rate of the LoRA-XS cores (chosen on the SST-2 dev split; docs/tuning.md)
+PROJECTED_LR = 2e-2
+
+
+def fit_projected_map(
+    fm: FunctionalModel,
+    train: EncodedTask,
+    config: TrainConfig | None = None,
+    *,
+    space: ProjectedSpace | None = None,
+    lr: float = PROJECTED_LR,
+    progress: bool = False,
+    checkpoint: LoopCheckpoint | None = None,
+) -> ProjectedMAP:
+    """Fine-tune the LoRA-XS cores (and head) of ``fm`` on ``train``: ``config``'s schedule and
+    seed with learning rate ``lr`` (the cores' own), starting from zero cores.
+
+    >>> pm = fit_projected_map(fm, train)                    # doctest: +SKIP
+    >>> ctx = FitContext(fm, train, projected=pm)            # doctest: +SKIP
+    """
+    space = space if space is not None else ProjectedSpace(fm.model, fm.layout)
+    cfg = replace(config if config is not None else TrainConfig(), lr=lr)
+    res = fine_tune(fm, space, train, cfg, progress=progress, checkpoint=checkpoint)
+    return ProjectedMAP(space, res.latent, res.seconds)
+
+
 @dataclass
 class FitContext:
-    """Everything a backend may need, computed once and shared between methods.
+    """What a backend fits from: the model and training task, and the results of earlier stages
+    given explicitly. A backend never trains what it needs and was not given (it refuses, naming
+    the call that makes it).
 
     Attributes
     ----------
@@ -75,31 +140,43 @@ class FitContext:
     train: the training task.
     anchors: independently fine-tuned optima θ^(m) [M, D] in the full LoRA space (or None).
     curve: a trained Bézier curve through the anchors (``lora.curve_train.train_curve``), what the
-        curve posterior samples along; never trained by a backend (None: the curve posterior
-        refuses to fit).
-    train_config: how MAP optima are fine-tuned (also for projected cores, with ``projected_lr``).
+        curve posterior samples along (None: the curve posterior refuses to fit).
+    projected: the LoRA-XS MAP (:func:`fit_projected_map` or :meth:`fit_projected_map`) the
+        projected Laplace / SWAG / VI fit around (None: they refuse).
+    train_config: the training schedule of loops a backend runs itself (SWAG's collection, a
+        fresh MAP) and of :meth:`fit_projected_map`.
+    projected_lr: learning rate of the LoRA-XS cores (SWAG's projected collection,
+        :meth:`fit_projected_map`).
     seed: the run's seed.
     progress: show tqdm bars.
-    cache: shared intermediate results (e.g. the projected space and its MAP core).
-    checkpointer: ``name -> Checkpointer | None``; long training loops (the projected MAP,
-        SWAG's collection) checkpoint through it and resume from it (the runner sets it).
+    checkpointer: ``name -> LoopCheckpoint | None``; long training loops inside a fit (SWAG's
+        collection) checkpoint through it and resume from it (the runner sets it).
     """
 
     fm: FunctionalModel
     train: EncodedTask
     anchors: Tensor | None = None
     curve: Any = None
+    projected: ProjectedMAP | None = None
     train_config: TrainConfig = field(default_factory=TrainConfig)
-    projected_lr: float = 2e-2
+    projected_lr: float = PROJECTED_LR
     seed: int = 0
     progress: bool = False
     metadata: dict = field(default_factory=dict)
-    cache: dict = field(default_factory=dict)
-    checkpointer: Callable[[str], Checkpointer | None] | None = None
+    checkpointer: Callable[[str], LoopCheckpoint | None] | None = None
+    _memo: dict = field(default_factory=dict, init=False, repr=False)
 
-    def checkpoint(self, name: str) -> Checkpointer | None:
+    def checkpoint(self, name: str) -> LoopCheckpoint | None:
         """The checkpoint of the named training loop, or None when the caller keeps none."""
         return self.checkpointer(name) if self.checkpointer is not None else None
+
+    def memo(self, key: Hashable, build: Callable[[], Any]) -> Any:
+        """``build()`` computed once per key: for pure functions of the context (SVD factors, a
+        curve's logit grid) that several methods share — never for trained state, which is given
+        explicitly (``anchors``, ``curve``, ``projected``)."""
+        if key not in self._memo:
+            self._memo[key] = build()
+        return self._memo[key]
 
     def require_anchors(self, k: int = 1) -> Tensor:
         if self.anchors is None or self.anchors.shape[0] < k:
@@ -107,30 +184,35 @@ class FitContext:
             raise ValueError(f"this method needs at least {k} fine-tuned anchors, the context has {have}")
         return self.anchors
 
+    def require_projected(self) -> ProjectedMAP:
+        """The LoRA-XS MAP, or a ValueError naming how to make one."""
+        if self.projected is None:
+            raise ValueError(
+                "this method fits around the LoRA-XS MAP core and the FitContext has none: call "
+                "ctx.fit_projected_map() first (it fine-tunes the r×r cores with ctx.train_config and "
+                "lr = ctx.projected_lr), or pass FitContext(projected=bayes_lora.fit_projected_map(fm, train))")
+        return self.projected
+
+    def fit_projected_map(self) -> ProjectedMAP:
+        """Fine-tune the LoRA-XS MAP (:func:`fit_projected_map`, seeded by ``seed``) into
+        ``projected`` and return it."""
+        cfg = replace(self.train_config, seed=self.seed)
+        self.projected = fit_projected_map(self.fm, self.train, cfg, space=self.projected_space(),
+                                           lr=self.projected_lr, progress=self.progress,
+                                           checkpoint=self.checkpoint(Needs.PROJECTED_MAP.value))
+        return self.projected
+
     def projected_space(self) -> ProjectedSpace:
-        """The LoRA-XS space of the model (truncated SVD computed once)."""
-        if "projected_space" not in self.cache:
-            self.cache["projected_space"] = ProjectedSpace(self.fm.model, self.fm.layout)
-        return self.cache["projected_space"]
+        """The LoRA-XS space of the model: the given MAP's, else the truncated SVD computed once."""
+        if self.projected is not None:
+            return self.projected.space
+        return self.memo("projected_space", lambda: ProjectedSpace(self.fm.model, self.fm.layout))
 
     def adapter_space(self, anchor: int = 0) -> ProjectedSpace:
         """The r×r-core space through anchor ``anchor`` (SVD of its update), computed once."""
-        key = f"adapter_space:{anchor}"
-        if key not in self.cache:
-            theta = self.require_anchors(anchor + 1)[anchor]
-            self.cache[key] = ProjectedSpace(self.fm.model, self.fm.layout, around=theta)
-        return self.cache[key]
-
-    def projected_map(self) -> Tensor:
-        """A MAP core latent in the projected space (LoRA-XS fine-tuning), computed once."""
-        if "projected_map" not in self.cache:
-            space = self.projected_space()
-            cfg = TrainConfig(**{**self.train_config.__dict__, "lr": self.projected_lr, "seed": self.seed})
-            res = fine_tune(self.fm, space, self.train, cfg, progress=self.progress,
-                            checkpoint=self.checkpoint("projected_map"))
-            self.cache["projected_map"] = res.latent
-            self.cache["projected_map_seconds"] = res.seconds
-        return self.cache["projected_map"]
+        theta = self.require_anchors(anchor + 1)[anchor]
+        return self.memo(("adapter_space", anchor),
+                         lambda: ProjectedSpace(self.fm.model, self.fm.layout, around=theta))
 
 
 def space_state(space: ParameterSpace) -> tuple[dict[str, Tensor], dict]:

@@ -21,7 +21,7 @@ from ..lora.train import NumericalError
 from ..models import CurveModel, CurvePosteriorSpec, TaskLogits
 from ..models.likelihood import seeded_rows
 from ..types import FitInfo
-from .base import FitContext, Posterior
+from .base import FitContext, Needs, Posterior
 from .registry import register
 
 INFERENCE = ("nuts", "hmc", "svi", "slice", "grid")
@@ -176,7 +176,7 @@ def _get_curve(ctx: FitContext, curve: BezierCurve | None) -> BezierCurve:
     return curve
 
 
-@register("curve", CurvePosterior, choices={"inference": INFERENCE})
+@register("curve", CurvePosterior, choices={"inference": INFERENCE}, needs=(Needs.CURVE,))
 def fit_curve(
     ctx: FitContext,
     *,
@@ -221,8 +221,7 @@ def fit_curve(
         from ..models.logit_grid import LogitGrid, run_numpyro_nuts, run_numpyro_svi
 
         key = ("logit_grid", json.dumps(spec.to_dict(), sort_keys=True), logit_cache, id(curve))
-        grid = ctx.cache.get(key) or LogitGrid.build(model, logit_cache)
-        ctx.cache[key] = grid
+        grid = ctx.memo(key, lambda: LogitGrid.build(model, logit_cache))
         losses = ()
         if inference == "svi":
             t, stats, losses = run_numpyro_svi(grid, steps=svi_steps, lr=svi_lr, num_samples=num_samples,

@@ -8,7 +8,7 @@ from torch import Tensor
 
 from ..lora.params import FunctionalModel
 from ..types import FitInfo
-from .base import FitContext, Posterior
+from .base import FitContext, Needs, Posterior
 from .registry import register
 
 
@@ -42,7 +42,7 @@ class EnsemblePosterior(Posterior):
         return cls(fm, tensors["members"])
 
 
-@register("ensemble", EnsemblePosterior)
+@register("ensemble", EnsemblePosterior, needs=(Needs.ANCHORS,))
 def fit_ensemble(ctx: FitContext, *, members: int | None = None) -> EnsemblePosterior:
     """Deep ensemble: the first ``members`` anchors (default: all of them)."""
     anchors = ctx.require_anchors(members or 1)

@@ -4,7 +4,7 @@ The posterior is a Gaussian N(ŵ, Σ) over the latent w of one parameter space (
 2021, "Laplace Redux"; Yang et al. 2024, "Bayesian low-rank adaptation for LLMs"):
 
 * ``space="projected"`` — the LoRA-XS cores (and head) of :class:`~bayes_lora.lora.spaces.
-  ProjectedSpace`, around the projected MAP ``ctx.projected_map()``; d = M·r² + head numbers
+  ProjectedSpace`, around the projected MAP ``ctx.projected``; d = M·r² + head numbers
   (1,154 on the default model: 6 modules × 64 + the 770 numbers of the head);
 * ``space="adapter"`` — the same r×r cores and head, but between the frozen SVD factors of a
   fine-tuned anchor's own update B̂Â = UΣVᵀ (``ProjectedSpace(around=θ̂)``): the core R = I *is*
@@ -89,7 +89,7 @@ from ..lora.batched import can_fold, per_example_jacobians
 from ..lora.params import FunctionalModel
 from ..lora.spaces import FullSpace, MaskedSpace, ParameterSpace
 from ..types import Batch, EncodedTask, FitInfo, Prediction, over_batches
-from .base import FitContext, Posterior, SpaceKind, space_from_state, space_state
+from .base import FitContext, Posterior, SpaceKind, needs_for_space, space_from_state, space_state
 from .laplace_factors import (
     FACTORS,
     JITTER_TRIES,
@@ -358,7 +358,8 @@ def _subset(task: EncodedTask, subset: int | None, seed: int) -> EncodedTask:
 
 
 @register("laplace", LaplacePosterior, choices={"space": SpaceKind, "hessian": HessianStructure,
-                                              "predictive": Predictive, "link": Link})
+                                              "predictive": Predictive, "link": Link},
+          needs=needs_for_space("space"))
 def fit_laplace(
     ctx: FitContext,
     *,
@@ -379,7 +380,7 @@ def fit_laplace(
     Parameters
     ----------
     ctx: the fit context (model, training task, anchors).
-    space: "projected" (LoRA-XS cores around ``ctx.projected_map()``), "adapter" (r×r cores
+    space: "projected" (LoRA-XS cores around ``ctx.projected``), "adapter" (r×r cores
         between the SVD factors of ``ctx.anchors[anchor]``'s own update, around that anchor),
         "full" (θ around ``ctx.anchors[anchor]``) or "subnetwork" (the tensors of θ named by
         ``tensors`` around ``ctx.anchors[anchor]``, the rest fixed there).
@@ -439,8 +440,9 @@ def fit_laplace(
             "LoRA tensors"
         )
     if kind is SpaceKind.PROJECTED:
-        param_space: ParameterSpace = ctx.projected_space()
-        mean = ctx.projected_map()
+        pm = ctx.require_projected()
+        param_space: ParameterSpace = pm.space
+        mean = pm.core
     elif kind is SpaceKind.ADAPTER:
         param_space = ctx.adapter_space(anchor)
         mean = param_space.initial()  # identity cores and the anchor's head: the anchor itself
@@ -554,8 +556,8 @@ def fit_laplace(
         "prior_seconds": prior_s,
         "jitter": jitter,
     }
-    if kind is SpaceKind.PROJECTED and "projected_map_seconds" in ctx.cache:
-        stats["map_seconds"] = ctx.cache["projected_map_seconds"]
+    if kind is SpaceKind.PROJECTED:
+        stats["map_seconds"] = float(ctx.projected.seconds)
     post = LaplacePosterior(
         fm,
         param_space,

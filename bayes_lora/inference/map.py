@@ -7,7 +7,7 @@ from ..lora.params import FunctionalModel
 from ..lora.spaces import FullSpace
 from ..lora.train import TrainConfig, fine_tune
 from ..types import FitInfo
-from .base import FitContext, Posterior
+from .base import FitContext, Needs, Posterior
 from .registry import register
 
 
@@ -33,7 +33,7 @@ class MapPosterior(Posterior):
         return cls(fm, tensors["theta"])
 
 
-@register("map", MapPosterior)
+@register("map", MapPosterior, needs=lambda o: () if o["train"] else (Needs.ANCHORS,))
 def fit_map(ctx: FitContext, *, anchor: int = 0, train: bool = False) -> MapPosterior:
     """MAP: the context's anchor ``anchor`` (or a fresh fine-tune with ``train=True``)."""
     if train or ctx.anchors is None:

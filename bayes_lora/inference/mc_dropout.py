@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from ..lora.params import FunctionalModel
 from ..lora.rng import seeded
 from ..types import EncodedTask, FitInfo, Prediction, over_batches
-from .base import FitContext, Posterior
+from .base import FitContext, Needs, Posterior
 from .registry import register
 
 
@@ -108,7 +108,7 @@ class MCDropoutPosterior(Posterior):
         return cls(fm, tensors["theta"], p=meta["p"])
 
 
-@register("mc_dropout", MCDropoutPosterior)
+@register("mc_dropout", MCDropoutPosterior, needs=(Needs.ANCHORS,))
 def fit_mc_dropout(ctx: FitContext, *, p: float = 0.1, anchor: int = 0) -> MCDropoutPosterior:
     """MC dropout (BayesLoRA): LoRA dropout of rate ``p`` on at prediction, at anchor ``anchor``."""
     theta = ctx.require_anchors(anchor + 1)[anchor]

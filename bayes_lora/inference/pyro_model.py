@@ -29,7 +29,7 @@ from torch import Tensor
 from ..lora.rng import seeded
 from ..models.user import LoRALikelihood, model_sites
 from ..types import FitInfo
-from .base import Posterior
+from .base import Needs, Posterior
 from .registry import register
 
 #: θ of this many (thinned) draws are saved with a posterior, so it predicts without its model.
@@ -389,8 +389,28 @@ def fit_pyro(ctx, *, model: str, inference: str = "nuts", num_samples: int = 200
     return post
 
 
+def _factory_fingerprint(options) -> str:
+    """The SHA-256 of the source file that defines the model factory: editing it refits."""
+    import importlib.util
+    from pathlib import Path
+
+    from ..lora.io import file_digest
+
+    where = str(options.get("model", "")).rpartition(":")[0]
+    if where.endswith(".py"):
+        path = Path(where).expanduser()
+    else:
+        try:
+            found = importlib.util.find_spec(where) if where else None
+        except (ImportError, ValueError):
+            found = None
+        path = Path(found.origin) if found is not None and found.origin else None
+    return file_digest(path) if path is not None and path.is_file() else ""
+
+
 register("pyro", PyroPosterior, doc="a user-written Pyro model over a LoRA subspace",
-         choices={"inference": PYRO_INFERENCE})(fit_pyro)
+         choices={"inference": PYRO_INFERENCE}, needs=(Needs.ANCHORS, Needs.CURVE),
+         fingerprint=_factory_fingerprint)(fit_pyro)
 
 
 __all__ = ["SAVED_THETAS", "PyroPosterior", "cached_t_posterior", "mcmc"]

@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
+from typing import Any
 
 from ..lora.params import FunctionalModel
-from .base import FitContext, Posterior, read_saved
+from .base import FitContext, Needs, Posterior, read_saved
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,24 @@ class Backend:
     choices: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     """The allowed values of the string options that name a variant (e.g. ``space``), so that a
     config can be checked before anything is trained."""
+    requires: Callable[[Mapping[str, Any]], Iterable[Needs]] | None = None
+    fingerprint_fn: Callable[[Mapping[str, Any]], str] | None = None
+
+    def options(self, given: Mapping[str, Any]) -> dict[str, Any]:
+        """``given`` over the defaults of ``fit``'s keyword options."""
+        sig = inspect.signature(self.fit).parameters
+        defaults = {n: p.default for n, p in sig.items() if p.kind == p.KEYWORD_ONLY and p.default is not p.empty}
+        return {**defaults, **given}
+
+    def needs(self, given: Mapping[str, Any]) -> frozenset[Needs]:
+        """What a fit with options ``given`` takes from the context (:class:`Needs`): computed
+        first by a caller that stages its work (the runner), and part of the fit's identity."""
+        return frozenset(Needs(n) for n in self.requires(self.options(given))) if self.requires else frozenset()
+
+    def fingerprint(self, given: Mapping[str, Any]) -> str:
+        """What else a fit with options ``given`` depends on (a user model's source file), as a
+        digest ('' when nothing)."""
+        return self.fingerprint_fn(self.options(given)) if self.fingerprint_fn else ""
 
 
 _REGISTRY: dict[str, Backend] = {}
@@ -40,17 +60,24 @@ _BUILTIN = {
 
 
 def register(name: str, posterior_cls: type[Posterior], doc: str = "",
-             choices: Mapping[str, type[Enum] | tuple[str, ...]] | None = None):
+             choices: Mapping[str, type[Enum] | tuple[str, ...]] | None = None,
+             needs: Iterable[Needs] | Callable[[Mapping[str, Any]], Iterable[Needs]] = (),
+             fingerprint: Callable[[Mapping[str, Any]], str] | None = None):
     """Decorator registering ``fit(ctx, **options) -> Posterior`` under ``name`` (once).
 
-    ``choices`` maps string options to their allowed values (a string ``Enum`` or a tuple)."""
+    ``choices`` maps string options to their allowed values (a string ``Enum`` or a tuple).
+    ``needs`` says what the fit takes from the context (:class:`~.base.Needs`): a fixed set, or a
+    function of the options (defaults filled in). ``fingerprint(options)`` digests anything else
+    the fit reads (a file named by an option)."""
 
     def deco(fn):
         if name in _REGISTRY and _REGISTRY[name].fit is not fn:
             raise ValueError(f"a backend named {name!r} is already registered")
         allowed = {k: tuple(m.value for m in v) if isinstance(v, type) and issubclass(v, Enum) else tuple(v)
                    for k, v in (choices or {}).items()}
-        _REGISTRY[name] = Backend(name, fn, posterior_cls, doc or (fn.__doc__ or "").strip().split("\n")[0], allowed)
+        requires = needs if callable(needs) else (lambda _o, fixed=tuple(needs): fixed)
+        _REGISTRY[name] = Backend(name, fn, posterior_cls, doc or (fn.__doc__ or "").strip().split("\n")[0], allowed,
+                                  requires, fingerprint)
         return fn
 
     return deco

@@ -29,12 +29,12 @@ from enum import Enum
 import torch
 from torch import Tensor
 
-from ..lora.checkpoint import Checkpointer
+from ..lora.checkpoint import LoopCheckpoint
 from ..lora.params import FunctionalModel
 from ..lora.spaces import FullSpace, ParameterSpace, ProjectedSpace
 from ..lora.train import TrainConfig, TrainResult, train_latent
 from ..types import FitInfo
-from .base import FitContext, Posterior, SpaceKind, space_from_state, space_state
+from .base import FitContext, Posterior, SpaceKind, needs_for_space, space_from_state, space_state
 from .registry import register
 
 #: smallest diagonal variance kept (Maddox et al. clamp the same way)
@@ -121,7 +121,7 @@ def collect_snapshots(
     weight_decay: float = 0.0,
     grad_clip: float | None = 1.0,
     progress: bool = False,
-    checkpoint: Checkpointer | None = None,
+    checkpoint: LoopCheckpoint | None = None,
 ) -> TrainResult:
     """Continue training from ``init`` at the constant learning rate ``lr`` (Adam), keeping a
     snapshot every ``collect_every`` steps until ``snapshots`` are collected."""
@@ -245,7 +245,8 @@ def _steps_per_epoch(n: int, batch_size: int) -> int:
     return math.ceil(n / batch_size)
 
 
-@register("swag", SwagPosterior, choices={"space": SpaceKind, "covariance": Covariance})
+@register("swag", SwagPosterior, choices={"space": SpaceKind, "covariance": Covariance},
+          needs=needs_for_space("space"))
 def fit_swag(
     ctx: FitContext,
     *,
@@ -284,8 +285,9 @@ def fit_swag(
     seed = ctx.seed if seed is None else int(seed)
     batch_size = batch_size or ctx.train_config.batch_size
     if kind is SpaceKind.PROJECTED:
-        sp: ParameterSpace = ctx.projected_space()
-        init = ctx.projected_map()
+        pm = ctx.require_projected()
+        sp: ParameterSpace = pm.space
+        init = pm.core
         lr = ctx.projected_lr if lr is None else lr
     elif kind is SpaceKind.ADAPTER:
         sp = ctx.adapter_space(0)
@@ -317,8 +319,7 @@ def fit_swag(
         "deviation_norm": float(dev.norm(dim=0).mean()),
         "distance_from_init": float((mean - init).norm()),
         "final_loss": float(sum(res.losses[-collect_every:]) / min(collect_every, len(res.losses))),
-        "map_seconds": float(ctx.cache.get("projected_map_seconds", 0.0))
-        if kind is SpaceKind.PROJECTED else 0.0,
+        "map_seconds": float(ctx.projected.seconds) if kind is SpaceKind.PROJECTED else 0.0,
     }
     return SwagPosterior(
         ctx.fm, sp, mean, var, dev, covariance=covariance, scale=scale,

@@ -4,7 +4,7 @@ Two variants (``kind``):
 
 * **projected** (default): a Gaussian q(w) over the LoRA-XS latent w (cores + head; Bałazy et al.
   2024, B-LoRA-XS) — mean-field (``AutoNormal``) or diagonal + low rank
-  (``AutoLowRankMultivariateNormal``), initialised at the projected MAP ``ctx.projected_map()``.
+  (``AutoLowRankMultivariateNormal``), initialised at the projected MAP ``ctx.projected``.
 * **blob**: BLoB-like (Wang et al. 2024, "BLoB: Bayesian Low-Rank Adaptation by
   Backpropagation"): a mean-field Gaussian over the entries of every LoRA ``A`` factor, with the
   ``B`` factors and the head held deterministic at the anchor ``ctx.anchors[0]`` (BLoB trains B
@@ -44,7 +44,7 @@ from ..lora.rng import seeded
 from ..lora.spaces import MaskedSpace, ParameterSpace, ProjectedSpace
 from ..lora.train import NumericalError
 from ..types import EncodedTask, FitInfo
-from .base import FitContext, Posterior
+from .base import FitContext, Posterior, needs_for_space
 from .registry import register
 
 
@@ -323,7 +323,7 @@ class VIPosterior(Posterior):
         return cls(fm, space, GaussianQ.from_tensors(tensors), kind=kind)
 
 
-@register("vi", VIPosterior, choices={"kind": Kind, "guide": Guide})
+@register("vi", VIPosterior, choices={"kind": Kind, "guide": Guide}, needs=needs_for_space("kind"))
 def fit_vi(
     ctx: FitContext,
     *,
@@ -346,7 +346,7 @@ def fit_vi(
 
     Parameters
     ----------
-    kind: "projected" (cores + head, from ``ctx.projected_map()``) or "blob" (A entries, B and
+    kind: "projected" (cores + head, from ``ctx.projected``) or "blob" (A entries, B and
         head fixed at anchor ``anchor``).
     guide: "mean_field" (AutoNormal) or "low_rank" (AutoLowRankMultivariateNormal of rank
         ``guide_rank``).
@@ -373,8 +373,9 @@ def fit_vi(
     scale_lr = defaults.get("scale_lr", lr) if scale_lr is None else float(scale_lr)
     init_scale = defaults["init_scale"] if init_scale is None else float(init_scale)
     if kind_ is Kind.PROJECTED:
-        space: ParameterSpace = ctx.projected_space()
-        init = ctx.projected_map()
+        pm = ctx.require_projected()
+        space: ParameterSpace = pm.space
+        init = pm.core
     else:
         space = MaskedSpace.lora_a(ctx.fm.layout, ctx.require_anchors(anchor + 1)[anchor])
         init = space.initial()
@@ -402,8 +403,7 @@ def fit_vi(
         "dim": space.dim,
         "mean_scale": float(q.scale.mean()),
         "loc_shift": float((q.loc - init).norm()),
-        "map_seconds": float(ctx.cache.get("projected_map_seconds", 0.0))
-        if kind_ is Kind.PROJECTED else 0.0,
+        "map_seconds": float(ctx.projected.seconds) if kind_ is Kind.PROJECTED else 0.0,
     }
     info = FitInfo(seconds, tuple(losses), stats)
     return VIPosterior(ctx.fm, space, q, kind=kind_, options=options, info=info)

@@ -1,83 +1,35 @@
-"""Periodic checkpoints inside long training loops, resumed exactly.
+"""Resumable training loops: everything a loop needs to go on as if it had never stopped.
 
-A :class:`Checkpointer` saves, every ``every`` optimiser steps, everything the loop needs to go
-on as if it had never stopped: the trained tensors, the optimiser's state, the random
-generator's state at the start of the current epoch and now, the position in the epoch, and the
-per-step records (losses, snapshots). A run killed between two checkpoints resumes from the
-last one and ends bit-identical to an uninterrupted run (CPU, same threads).
-
-Files are safetensors + JSON (no pickle), written atomically; a checkpoint carries a ``key``
-(what it was trained for) and is ignored when the key differs.
+A loop given a checkpoint (any object with the :class:`LoopCheckpoint` methods; the runner's
+file-backed one is :class:`bayes_lora.experiment.checkpoint.Checkpointer`) hands it, every
+``every`` optimiser steps, the trained tensors, the optimiser's state, the random generator's
+state at the start of the current epoch and now, the position in the epoch, and the per-step
+records (losses, snapshots). A loop resumed from the last saved state ends bit-identical to an
+uninterrupted run (CPU, same threads). Where and how the state is stored is the caller's.
 """
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Protocol
 
 import torch
 from torch import Tensor
 
-from .io import atomic_write_json, json_path, load_tensors, save_tensors
 
-
-@dataclass
-class Checkpointer:
-    """Where and how often a loop checkpoints.
-
-    Attributes
-    ----------
-    path: the checkpoint file (``.safetensors``; its JSON sidecar sits beside it).
-    every: optimiser steps between checkpoints (≥ 1).
-    key: identity of the computation; a checkpoint with another key is not resumed.
-    """
-
-    path: Path
-    every: int = 50
-    key: str = ""
-    log: Any = None  # callable(str) told when a checkpoint is resumed
-    last_step: int = field(default=-1, init=False)
-
-    def __post_init__(self):
-        self.path = Path(self.path)
-        if self.every < 1:
-            raise ValueError(f"checkpoint every must be ≥ 1 step, got {self.every}")
+class LoopCheckpoint(Protocol):
+    """Where a loop saves its state and finds it again (the loops only call these)."""
 
     def due(self, step: int) -> bool:
-        return step % self.every == 0
+        """Whether to save after optimiser step ``step``."""
 
     def save(self, tensors: dict[str, Tensor], meta: dict) -> None:
-        """Write the state (tensors first, then the JSON that makes it valid)."""
-        j = json_path(self.path)
-        if j.exists():  # the old pair is invalid while the new tensors are being written
-            os.unlink(j)
-        save_tensors(self.path, tensors)
-        atomic_write_json(j, {**meta, "key": self.key})
-        self.last_step = int(meta.get("step", -1))
+        """Store the loop's state."""
 
     def load(self) -> tuple[dict[str, Tensor], dict] | None:
-        """The saved state when there is one for this key, else None."""
-        if not self.path.is_file() or not json_path(self.path).is_file():
-            return None
-        try:
-            tensors, meta = load_tensors(self.path)
-        except (OSError, ValueError, json.JSONDecodeError, RuntimeError):
-            return None
-        if meta.get("key") != self.key:
-            return None
-        self.last_step = int(meta.get("step", -1))
-        if self.log is not None:
-            self.log(f"resuming from the checkpoint at step {self.last_step} ({self.path.name})")
-        return tensors, meta
+        """The state saved for this computation, or None."""
 
     def where(self) -> str:
-        """For error messages: the last checkpoint kept, or that there is none."""
-        if self.last_step >= 0 and self.path.is_file():
-            return f"the last good checkpoint (step {self.last_step}) is kept in {self.path}"
-        return "no checkpoint had been written yet"
+        """For error messages: where the last good state is kept."""
 
 
 # --- optimiser and generator state as tensors + JSON --------------------------------------------
@@ -107,7 +59,7 @@ def restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, Tensor], me
 
 
 # --- one training loop's state: trained tensors + optimiser + position + records --------------
-def resume(checkpoint: Checkpointer | None, params: dict[str, Tensor], opt: torch.optim.Optimizer,
+def resume(checkpoint: LoopCheckpoint | None, params: dict[str, Tensor], opt: torch.optim.Optimizer,
            loop: StepLoop) -> tuple[dict, dict[str, Tensor]]:
     """Restore ``params`` (in place), ``opt`` and ``loop`` from the checkpoint and return its
     records and tensors; ``({}, {})`` when there is nothing to resume."""
@@ -123,7 +75,7 @@ def resume(checkpoint: Checkpointer | None, params: dict[str, Tensor], opt: torc
     return meta, tensors
 
 
-def save_if_due(checkpoint: Checkpointer | None, params: dict[str, Tensor], opt: torch.optim.Optimizer,
+def save_if_due(checkpoint: LoopCheckpoint | None, params: dict[str, Tensor], opt: torch.optim.Optimizer,
                 loop: StepLoop, records: dict, extra: dict[str, Tensor] | None = None) -> None:
     """After a completed step: write the loop's state when a checkpoint is due (not after the
     last step — the caller stores the result then)."""
@@ -135,7 +87,7 @@ def save_if_due(checkpoint: Checkpointer | None, params: dict[str, Tensor], opt:
                     {**l_m, "optimizer": o_m, **records})
 
 
-def kept(checkpoint: Checkpointer | None) -> str:
+def kept(checkpoint: LoopCheckpoint | None) -> str:
     """For a NaN message: where the last good state is."""
     return checkpoint.where() if checkpoint is not None else "no checkpoints were requested"
 
@@ -195,4 +147,4 @@ class StepLoop:
         self._resume_rng = tensors["rng.now"]
 
 
-__all__ = ["Checkpointer", "StepLoop", "kept", "optimizer_state", "restore_optimizer", "resume", "save_if_due"]
+__all__ = ["LoopCheckpoint", "StepLoop", "kept", "optimizer_state", "restore_optimizer", "resume", "save_if_due"]

@@ -15,8 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..options import check_options, option
 from ..types import EncodedTask, over_batches
-from .checkpoint import Checkpointer, StepLoop, kept, resume, save_if_due
+from .checkpoint import LoopCheckpoint, StepLoop, kept, resume, save_if_due
 from .params import FunctionalModel, ParamLayout, is_lora_factor
 from .spaces import ParameterSpace
 
@@ -41,25 +42,21 @@ class TrainConfig:
     lr: AdamW learning rate.
     weight_decay: AdamW decoupled weight decay on every latent coordinate.
     seed: seeds the initialisation and the batch order.
-    max_steps: stop after this many steps (None: run all epochs).
+    max_steps: stop after this many steps (None or 0: run all epochs).
     grad_clip: clip the gradient norm of the latent (None: no clipping).
     """
 
-    epochs: float = 2.0
-    batch_size: int = 16
-    lr: float = 1e-3  # chosen for the anchors on the SST-2 dev split (configs/default.toml)
-    weight_decay: float = 0.0
-    seed: int = 0
-    max_steps: int | None = None
-    grad_clip: float | None = 1.0
+    epochs: float = option(2.0, gt=0)
+    batch_size: int = option(16, ge=1)
+    # chosen for the anchors on the SST-2 dev split (docs/tuning.md)
+    lr: float = option(1e-3, gt=0)
+    weight_decay: float = option(0.0, ge=0)
+    seed: int = option(0, ge=0, config=False, doc="the run's seed (per anchor: seed, seed + 1, ...)")
+    max_steps: int | None = option(None, ge=0, doc="0 or unset = no limit")
+    grad_clip: float | None = option(1.0, gt=0, doc="gradient-norm clipping; unset = none")
 
     def __post_init__(self):
-        if self.epochs <= 0:
-            raise ValueError(f"epochs must be > 0, got {self.epochs}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be ≥ 1, got {self.batch_size}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+        check_options(self)
 
 
 @dataclass(frozen=True)
@@ -109,7 +106,7 @@ def train_latent(
     snapshot_every: int = 0,
     progress: bool = False,
     stage: str = "train",
-    checkpoint: Checkpointer | None = None,
+    checkpoint: LoopCheckpoint | None = None,
 ) -> TrainResult:
     """Minimise the task's NLL over the latent of ``space`` with AdamW.
 
@@ -128,7 +125,7 @@ def train_latent(
     opt = torch.optim.AdamW([w], lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = math.ceil(len(task) / config.batch_size)
     total = math.ceil(config.epochs * steps_per_epoch)
-    if config.max_steps is not None:
+    if config.max_steps:
         total = min(total, config.max_steps)
     if loss_fn is None:
         def loss_fn(w_, batch, step):
@@ -184,7 +181,7 @@ def fine_tune(
     *,
     init: Tensor | None = None,
     progress: bool = False,
-    checkpoint: Checkpointer | None = None,
+    checkpoint: LoopCheckpoint | None = None,
     prefix_cache: bool = True,
 ) -> TrainResult:
     """One MAP optimum: fresh seeded init (full space) or the space's initial latent, then AdamW.

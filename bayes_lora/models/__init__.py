@@ -2,8 +2,8 @@
 declarative spec, and the likelihood call a user-written Pyro model makes."""
 from .curve import CurveModel, offset_basis
 from .likelihood import TaskLogits
-from .spec import CurvePosteriorSpec, CurveSpec, OffsetSpec, Prior
+from .spec import CurvePosteriorSpec, OffsetSpec, Prior
 from .user import LoRALikelihood, model_sites
 
-__all__ = ["CurveModel", "CurvePosteriorSpec", "CurveSpec", "LoRALikelihood", "OffsetSpec", "Prior", "TaskLogits",
+__all__ = ["CurveModel", "CurvePosteriorSpec", "LoRALikelihood", "OffsetSpec", "Prior", "TaskLogits",
            "model_sites", "offset_basis"]

@@ -101,18 +101,6 @@ class OffsetSpec:
 
 
 @dataclass(frozen=True)
-class CurveSpec:
-    """Which curve: its degree and whether its joints are the fixed optima."""
-
-    degree: int = 2
-    anchored: bool = True
-
-    def __post_init__(self):
-        if self.degree < 1:
-            raise ValueError(f"curve degree must be ≥ 1, got {self.degree}")
-
-
-@dataclass(frozen=True)
 class CurvePosteriorSpec:
     """A curve posterior, declared.
 
@@ -120,9 +108,12 @@ class CurvePosteriorSpec:
     y_i ~ Categorical(logits = f(x_i; θ)) inside a data plate (subsampled when
     ``subsample_size`` is set), each log-likelihood divided by ``temperature``.
 
+    The curve itself (its degree, anchored or free) is not part of the posterior: it is trained
+    by :func:`~bayes_lora.lora.curve_train.train_curve` (:class:`~bayes_lora.lora.curve_train.CurveConfig`)
+    and given to the model.
+
     Attributes
     ----------
-    curve: the curve (degree, anchored / free).
     t_prior: the prior on t.
     offset: the offset latent z (dim 0 switches it off).
     likelihood: "categorical" (the task's class logits).
@@ -132,7 +123,6 @@ class CurvePosteriorSpec:
         (None: all); pair with a temperature to keep the posterior's width honest.
     """
 
-    curve: CurveSpec = field(default_factory=CurveSpec)
     t_prior: Prior = field(default_factory=Prior)
     offset: OffsetSpec = field(default_factory=OffsetSpec)
     likelihood: str = "categorical"
@@ -154,11 +144,11 @@ class CurvePosteriorSpec:
     def from_dict(cls, d: Mapping[str, Any]) -> CurvePosteriorSpec:
         """The same spec from a plain dict / TOML table; unknown keys are errors naming them."""
         d = dict(d)
+        if "curve" in d:
+            raise ValueError("posterior.curve: the curve's degree and anchoring are how it is trained — set them "
+                             "in [curve] (CurveConfig), not in the posterior")
         _check_keys(cls, d, "posterior")
         kw: dict[str, Any] = {}
-        if "curve" in d:
-            _check_keys(CurveSpec, d["curve"], "posterior.curve")
-            kw["curve"] = CurveSpec(**d["curve"])
         if "t_prior" in d:
             kw["t_prior"] = Prior.parse(d["t_prior"])
         if "offset" in d:

@@ -47,7 +47,35 @@ BAD = [
     ("bad posterior", _with(posterior={"t_prior": "gamma"}), ["[posterior]", "uniform"]),
     ("no methods", {**BASE, "methods": {}}, ["[methods]", "at least one"]),
     ("classifier on multiple choice", _with(data={"task": "openbookqa"}), ["causal_lm"]),
+    ("moved key", _with(curve={"path_points": 5}), ["curve.path_points is now paths.points"]),
+    ("the run's seed is not a curve key", _with(curve={"seed": 3}), ["unknown key curve.seed"]),
+    ("the run's seed is not an anchors key", _with(anchors={"seed": 3}), ["unknown key anchors.seed"]),
+    ("curve degree bound (CurveConfig's)", _with(curve={"degree": 9}), ["curve.degree", "≤ 8"]),
+    ("grad_clip bound (TrainConfig's)", _with(anchors={"grad_clip": 0.0}), ["anchors.grad_clip", "> 0"]),
 ]
+
+
+def test_the_config_tables_are_the_library_settings():
+    """One type per concept: [curve] is CurveConfig and [anchors] a TrainConfig, with the
+    library's defaults; the runner trains with exactly what the table holds."""
+    from dataclasses import fields, replace
+
+    from bayes_lora.lora.curve_train import CurveConfig
+    from bayes_lora.lora.train import TrainConfig
+
+    cfg = ExperimentConfig.from_dict({"methods": {"curve": {}}, "curve": {"degree": 3, "anchored": False, "lr": 1e-3}})
+    assert type(cfg.curve) is CurveConfig
+    assert cfg.curve == replace(CurveConfig(), degree=3, anchored=False, lr=1e-3)
+    assert isinstance(cfg.anchors, TrainConfig)
+    train = cfg.anchors.training(seed=7)
+    assert type(train) is TrainConfig and train.seed == 7
+    assert {f.name: getattr(train, f.name) for f in fields(TrainConfig) if f.name != "seed"} == \
+        {f.name: getattr(cfg.anchors, f.name) for f in fields(TrainConfig) if f.name != "seed"}
+    plain = ExperimentConfig.from_dict({"methods": {"map": {}}, "anchors": {"count": 1}})
+    assert plain.curve == CurveConfig() and plain.anchors.training(0) == TrainConfig()
+    # the library's own checks are the config's: a bad value names the field either way
+    with pytest.raises(ValueError, match="degree must be ≤ 8"):
+        CurveConfig(degree=9)
 
 
 @pytest.mark.parametrize("what,cfg,words", BAD, ids=[b[0] for b in BAD])

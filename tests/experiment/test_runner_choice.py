@@ -22,7 +22,7 @@ def test_causal_lm_multiple_choice_run_end_to_end(tmp_path):
         "data": {"task": "openbookqa", "train_examples": 48, "test_split": "test", "ood_task": "arc_easy",
                  "ood_split": "test"},
         "anchors": {"count": 2, "epochs": 2.0, "lr": 1e-2, "batch_size": 8},
-        "curve": {"degree": 2, "epochs": 1.0, "batch_size": 8, "js_batch": 4, "path_points": 3},
+        "curve": {"degree": 2, "epochs": 1.0, "batch_size": 8, "js_batch": 4}, "paths": {"points": 3},
         "posterior": {"likelihood_examples": 16},
         "evaluation": {"num_samples": 2, "batch_size": 8},
         "runtime": {"progress": False, "threads": 1},

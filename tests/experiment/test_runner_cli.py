@@ -150,6 +150,24 @@ def test_a_corrupted_stage_file_is_recomputed(finished, setup):
     assert "accuracy" in json.loads(f.read_text())
 
 
+def test_stage_results_are_passed_in_and_keyed_by_what_each_method_needs(finished, setup):
+    """The LoRA-XS MAP is a stage of its own (the projected methods need it); a changed
+    [posterior] refits only the methods that take it, a changed [curve] retrains the curve and
+    refits only what samples along it; nothing else reruns."""
+    root, model_dir, data_dir = setup
+    _, out = finished
+    assert "projected_map" in _stages(out)  # from the runs above: laplace/vi fit around it
+    methods = {**tiny_run_config(model_dir)["methods"], "mc_dropout": {"p": 0.3}}  # as tiny2.toml
+    curve_methods = {"fit:curve_grid", "eval:curve_grid", "fit:curve_svi", "eval:curve_svi"}
+    cfg = _write(root / "tiny3.toml", _config(model_dir, methods=methods, posterior={"temperature": 2.0}))
+    assert main(["run", str(cfg), "--out", str(out), "--data-dir", str(data_dir), "--quiet"]) == 0
+    assert {k for k, v in _stages(out).items() if v == "ran"} == curve_methods
+    cfg = _write(root / "tiny4.toml", _config(model_dir, methods=methods, posterior={"temperature": 2.0},
+                                              curve={"lr": 2e-3}))
+    assert main(["run", str(cfg), "--out", str(out), "--data-dir", str(data_dir), "--quiet"]) == 0
+    assert {k for k, v in _stages(out).items() if v == "ran"} == curve_methods | {"curve", "paths"}
+
+
 def test_compare_tabulates_runs(finished, capsys, tmp_path):
     _, out = finished
     assert main(["compare", str(out), "--csv", str(tmp_path / "t.csv")]) == 0

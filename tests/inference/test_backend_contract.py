@@ -246,3 +246,31 @@ def test_too_few_evaluation_draws_are_drawn_again_for_psis(predictions, fitted, 
     ens = fitted["ensemble"]
     e2 = evaluate(ens, test, seed=3)
     assert check_idata_schema(posterior_idata(ens, e2, train=ctx.train, min_draws=24, loo_examples=16)) == (1, 2)
+
+
+@pytest.mark.parametrize("method,options,needs", [
+    ("laplace", {}, {"projected_map"}),
+    ("laplace", {"space": "full"}, {"anchors"}),
+    ("swag", {"space": "adapter"}, {"anchors"}),
+    ("vi", {}, {"projected_map"}),
+    ("vi", {"kind": "blob"}, {"anchors"}),
+    ("curve", {}, {"curve"}),
+    ("map", {}, {"anchors"}),
+    ("map", {"train": True}, set()),
+    ("ensemble", {}, {"anchors"}),
+])
+def test_backends_declare_what_they_fit_from(method, options, needs):
+    from bayes_lora.inference.registry import get_backend
+
+    assert {n.value for n in get_backend(method).needs(options)} == needs
+
+
+@pytest.mark.parametrize("method", ["laplace", "swag", "vi"])
+def test_projected_methods_refuse_without_a_projected_map(tiny_ctx, method):
+    """Nothing is trained that the caller did not ask for: no LoRA-XS MAP, no projected fit."""
+    import dataclasses
+
+    ctx, _ = tiny_ctx
+    bare = dataclasses.replace(ctx, projected=None)
+    with pytest.raises(ValueError, match=r"fit_projected_map\(\)"):
+        fit(method, bare, **OPTIONS[method])

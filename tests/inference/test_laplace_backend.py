@@ -348,7 +348,8 @@ def test_per_example_ggn_backend_equals_laplace_torchs_own_jacobians(tiny):
         from laplace.curvature import GGNInterface
 
     ctx, _ = tiny
-    space, w = ctx.projected_space(), ctx.projected_map()
+    pm = ctx.fit_projected_map()
+    space, w = pm.space, pm.core
     train = ctx.train.subset(torch.arange(24))
     from bayes_lora.inference import laplace_torch as lt
 

@@ -38,7 +38,7 @@ def test_moments_known_answer():
 def test_fit_mean_is_the_mean_of_the_snapshots(swag):
     ctx, _, post = swag
     res = collect_snapshots(
-        ctx.fm, ctx.projected_space(), ctx.train, ctx.projected_map(),
+        ctx.fm, ctx.projected_space(), ctx.train, ctx.fit_projected_map().core,
         snapshots=K, collect_every=3, lr=1e-2, batch_size=ctx.train_config.batch_size, seed=ctx.seed,
     )
     snaps = torch.stack(res.snapshots)

@@ -7,8 +7,8 @@ import pytest
 import torch
 from scenarios import tiny_peft_model, tiny_task
 
+from bayes_lora.experiment.checkpoint import Checkpointer
 from bayes_lora.lora import FullSpace, FunctionalModel
-from bayes_lora.lora.checkpoint import Checkpointer
 from bayes_lora.lora.curve_train import CurveConfig, train_curve
 from bayes_lora.lora.train import NumericalError, TrainConfig, init_theta, train_latent
 

@@ -9,7 +9,6 @@ from bayes_lora.lora import BezierCurve, FullSpace
 from bayes_lora.models import (
     CurveModel,
     CurvePosteriorSpec,
-    CurveSpec,
     OffsetSpec,
     Prior,
     TaskLogits,
@@ -19,14 +18,12 @@ from bayes_lora.models.curve import offset_basis
 
 def test_declared_and_dict_forms_are_the_same_spec():
     declared = CurvePosteriorSpec(
-        curve=CurveSpec(degree=3, anchored=False),
         t_prior=Prior("beta", (2, 3)),
         offset=OffsetSpec(dim=2, scale=0.05, basis="random", seed=4),
         temperature=2.5,
         subsample_size=16,
     )
     table = {
-        "curve": {"degree": 3, "anchored": False},
         "t_prior": {"beta": [2, 3]},
         "offset": {"dim": 2, "scale": 0.05, "basis": "random", "seed": 4},
         "temperature": 2.5,
@@ -45,6 +42,7 @@ def test_declared_and_dict_forms_are_the_same_spec():
         ({"t_prior": {"beta": [1]}}, "takes 2 parameters"),
         ({"offset": {"dim": -1}}, "offset dim"),
         ({"offset": {"dims": 2}}, "unknown key.*dims"),
+        ({"curve": {"degree": 3}}, r"set them in \[curve\]"),
     ],
 )
 def test_bad_spec_is_a_clear_error(table, match):
@@ -53,7 +51,7 @@ def test_bad_spec_is_a_clear_error(table, match):
 
 
 def _model(spec, ctx):
-    curve = BezierCurve(ctx.anchors, degree=spec.curve.degree, init_noise=0.01, seed=0)
+    curve = BezierCurve(ctx.anchors, degree=2, init_noise=0.01, seed=0)
     return CurveModel(spec, curve, FullSpace(ctx.fm.layout), TaskLogits(ctx.fm, ctx.train))
 
 
