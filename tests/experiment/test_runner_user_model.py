@@ -67,6 +67,13 @@ def test_a_user_model_named_in_the_config_runs_like_a_builtin(setup):
     # the whole chains (2 × 60 draws of t) are kept for R-hat / ESS
     assert load_idata(out / "idata" / "chains" / "mine.nc").posterior["t"].shape == (2, 60)
     assert np.isfinite(res["mine"]["loo"]["elpd_loo"])
+    # editing the model's file refits that method, and only it (its digest is part of the fit's key)
+    (root / "my_models.py").write_text(FACTORY.replace("dist.Beta(2.0, 2.0)", "dist.Beta(3.0, 3.0)"))
+    assert main(["run", str(cfg), "--out", str(out), "--data-dir", str(data_dir), "--quiet"]) == 0
+    stages = {s["stage"]: s["status"] for s in json.loads((out / "results.json").read_text())["stages"]}
+    assert {k for k, v in stages.items() if v == "ran"} == {"fit:mine", "eval:mine"}
+    saved = json.loads((out / "stages" / "fit__mine" / "posterior.json").read_text())
+    assert saved["options"]["prior"] == ["beta", [3.0, 3.0]]
 
 
 def test_a_config_without_the_model_or_with_a_bad_one_is_refused(setup, tmp_path):
