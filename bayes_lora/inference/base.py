@@ -273,9 +273,8 @@ def predict_probs(
     is repeated per sample and each sample's adapters act on its own rows
     (:mod:`bayes_lora.lora.batched`); otherwise one forward pass per θ. Both give the same numbers
     (to float rounding). The default folds on a GPU and loops on a CPU: on CPU the frozen base's
-    matrix products dominate either way and folding measured 1.16–1.38× *slower* (MiniLM suffix,
-    S = 16, batch 32, 2 cores; ``benchmarks/perf.py``), while on a GPU one large pass replaces S
-    small, launch-bound ones.
+    matrix products dominate either way and folding is slower (docs/performance.md, measured by
+    ``benchmarks/perf.py``), while on a GPU one large pass replaces S small, launch-bound ones.
     """
     from ..lora.batched import can_fold, folded_class_logits
 

@@ -67,15 +67,11 @@ class Guide(str, Enum):
 
 
 #: defaults per kind (prior scale σ_p, ClippedAdam lr of q's mean and ``scale_lr`` of its scales,
-#: initial std of q). Projected: tuned on all-MiniLM-L6-v2 / SST-2 (2,000 sentences, 500 steps
-#: of batch 16), a weak prior on the LoRA-XS cores. Blob: chosen on the SST-2 *dev* split
-#: (``benchmarks/vi_dev.py``, 300 steps, T = 0.1): with Adam each coordinate of the mean moves by
-#: about lr per step whatever its gradient, so at one step size for mean and scales (1e-2, σ_p =
-#: 0.2) the mean of the 18,432 A entries random-walks away from the anchor (‖μ − A‖ ≈ 12) and
-#: the result depends on the seed (dev NLL 0.52 / 0.46 for seeds 0 / 1, MAP 0.40). A small step
-#: for the mean (1e-4), a large one for the scales (3e-2) and a prior of the A entries' own size
-#: (σ_p = 0.05, at which q's scales settle: mean σ 0.051 at 300 steps, 0.053 at 600) give dev
-#: NLL 0.373 / 0.370 / 0.373 for seeds 0 / 1 / 2.
+#: initial std of q). Projected: a weak prior on the LoRA-XS cores. Blob: chosen on the SST-2
+#: *dev* split (``benchmarks/vi_dev.py``; the numbers are in docs/tuning.md): with Adam each
+#: coordinate of the mean moves by about lr per step whatever its gradient, so one large step for
+#: mean and scales lets the mean of the A entries random-walk away from the anchor; a small step
+#: for the mean, a large one for the scales and a prior of the A entries' own size keep it there.
 DEFAULTS = {
     Kind.PROJECTED: {"prior_scale": 1.0, "lr": 3e-3, "init_scale": 5e-2},
     Kind.BLOB: {"prior_scale": 0.05, "lr": 1e-4, "scale_lr": 3e-2, "init_scale": 1e-2},

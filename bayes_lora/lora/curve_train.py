@@ -16,11 +16,8 @@ per extra point, so a curve step costs little more than a plain LoRA step.
 With ``t_sampling="example"`` every example of the minibatch gets its own t (and its own
 perturbation), evaluated in one forward pass through per-example adapters
 (:class:`~bayes_lora.lora.batched.PerSampleLinears`): the same expected objective with a
-lower-variance estimate of the loss gradient than one t per step (``"step"``, the default). On
-the default model's dev split it lowered the NLL along one-segment curves (mean over the interior
-points 0.376 / 0.375 / 0.374 vs 0.385 / 0.383 / 0.376 for the three anchor pairs) but not on the
-default three-anchor curve, whose uniform average had dev NLL 0.367 and MI 0.010 against 0.362
-and 0.016 with one t per step — hence not the default. Path analysis evaluates loss and accuracy
+lower-variance estimate of the loss gradient than one t per step (``"step"``, the default; how the
+two compare on the default model is in docs/tuning.md). Path analysis evaluates loss and accuracy
 on a grid of t along any path.
 """
 from __future__ import annotations
