@@ -18,7 +18,7 @@ demo: $(VENV)/.installed
 	$(PY) -m bayes_lora run $(CONFIG) --out $(OUT) $(if $(DATA),--data-dir $(DATA),)
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q -m "not slow" tests
+	$(PY) -m pytest -q -m "not slow" --durations=15 tests
 
 test-all: $(VENV)/.installed
 	$(PY) -m pytest -q tests
