@@ -2,7 +2,8 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-DATA   ?= $(firstword $(wildcard ../shared/data) $(BAYES_LORA_DATA_DIR))
+# the CLI's order: $BAYES_LORA_DATA_DIR before ../shared/data
+DATA   ?= $(firstword $(BAYES_LORA_DATA_DIR) $(wildcard ../shared/data))
 CONFIG ?= configs/default.toml
 OUT    ?= runs/default
 

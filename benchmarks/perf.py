@@ -58,10 +58,11 @@ def main() -> int:
     from bayes_lora.lora.train import TrainConfig, fine_tune
 
     run = Path(args.run)
-    if not (run / "config.toml").is_file():
+    resolved = next((run / n for n in ("resolved_config.toml", "config.toml") if (run / n).is_file()), None)
+    if resolved is None:  # config.toml: runs made before the resolved config got its own name
         print(f"error: {run} is not a finished run; run `make demo` first", file=sys.stderr)
         return 2
-    cfg = load_config(run / "config.toml")
+    cfg = load_config(resolved)
     rows: list[tuple[str, str, str]] = []
 
     # the run's model twice: plain peft (the hand loop) and bayes_lora's cached functional model

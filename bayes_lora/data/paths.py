@@ -19,6 +19,19 @@ def _candidate_dirs() -> list[Path]:
     return [Path.cwd() / ".." / "shared" / "data", repo_root.parent / "shared" / "data"]
 
 
+def find_data_dir(data_dir: str | os.PathLike[str] | None = None) -> tuple[Path, str]:
+    """The data folder and where it came from: ``"--data-dir"`` (the argument),
+    ``"BAYES_LORA_DATA_DIR"`` (the environment variable) or ``"default"`` (``../shared/data``).
+
+    The same precedence and errors as :func:`resolve_data_dir`.
+    """
+    if data_dir is not None:
+        return Path(data_dir).expanduser(), "--data-dir"
+    if os.environ.get(DATA_DIR_ENV):
+        return Path(os.environ[DATA_DIR_ENV]).expanduser(), DATA_DIR_ENV
+    return resolve_data_dir(None), "default"
+
+
 def resolve_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
     """Return the folder that holds the benchmark data.
 

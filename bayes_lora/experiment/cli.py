@@ -1,10 +1,11 @@
 """``bayes-lora`` / ``python -m bayes_lora``: run a config, or tabulate finished runs.
 
-    bayes-lora run [CONFIG] [--out DIR] [--data-dir DIR] [--smoke] [--debug]
+    bayes-lora run [CONFIG] [--out DIR] [--data-dir DIR] [--smoke] [--force] [--debug]
     bayes-lora compare DIR [DIR ...]
 
-Bad input (a config error, a missing data file, mismatched anchors, ...) ends with exit code 2
-and one message naming what is wrong; ``--debug`` shows the traceback.
+Bad input (a config error, a missing data file, mismatched anchors, a run folder in use or
+holding another run, ...) ends with exit code 2 and one message naming what is wrong; ``--debug``
+shows the traceback.
 """
 from __future__ import annotations
 
@@ -31,8 +32,10 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--out", default=None, help="output folder (default: runs/<config name>)")
     r.add_argument("--data-dir", default=None, help="the data folder: the built-in tasks' files (sst2/, rte/, "
                    "cola/, arc_easy/, ...) and the start of a [data.task]'s relative paths (default: "
-                   "$BAYES_LORA_DATA_DIR or ../shared/data)")
+                   "$BAYES_LORA_DATA_DIR, else ../shared/data of the current folder or of the repository)")
     r.add_argument("--smoke", action="store_true", help="the same stages at toy sizes (seconds)")
+    r.add_argument("--force", action="store_true", help="reuse an --out that holds the finished run of another "
+                   "config or other data (its results are replaced; stages keyed differently are recomputed)")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.add_argument("--debug", action="store_true", help="show tracebacks")
     c = sub.add_parser("compare", help="tabulate finished runs")
@@ -45,8 +48,10 @@ def _parser() -> argparse.ArgumentParser:
 def _bad_input_types():
     from ..lora.train import NumericalError
     from .distributed import StageFailed
+    from .lock import RunFolderBusy
 
-    return (ValueError, FileNotFoundError, NotADirectoryError, KeyError, NumericalError, StageFailed)
+    return (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, KeyError,
+            NumericalError, StageFailed, RunFolderBusy)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,10 +85,9 @@ def _run(args) -> int:
     cfg = load_config(path)  # a bad config fails here, before any process is started
     relaunch_under_torchrun(sys.argv[1:])
     out = Path(args.out) if args.out else Path("runs") / (cfg.name + ("-smoke" if args.smoke else ""))
-    data_dir = args.data_dir
-    if data_dir is None and (Path.cwd().parent / "shared" / "data").is_dir():
-        data_dir = str(Path.cwd().parent / "shared" / "data")
-    runner = Runner(cfg, out, data_dir=data_dir, smoke=args.smoke, progress=False if args.quiet else None)
+    # --data-dir > $BAYES_LORA_DATA_DIR > ../shared/data (resolved by the Runner, which logs and records it)
+    runner = Runner(cfg, out, data_dir=args.data_dir, smoke=args.smoke, progress=False if args.quiet else None,
+                    force=args.force)
     results = runner.run()
     if not results:  # a non-main process of a distributed run: the main one reports
         return 0
@@ -103,6 +107,8 @@ def _compare(args) -> int:
     for r in rows:
         print(" | ".join(f"{r[c]:.4f}" if isinstance(r.get(c), float) else str(r.get(c)) for c in cols))
     if args.csv:
+        if Path(args.csv).is_dir():
+            raise IsADirectoryError(f"--csv {args.csv} is a folder; name a file")
         import csv
         import io
 

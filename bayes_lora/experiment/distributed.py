@@ -31,6 +31,15 @@ def _launched_world_size() -> int:
     return 1
 
 
+def launched_rank() -> int:
+    """This process's rank as its launcher set it (0 when not launched distributed), known before
+    the process group is set up: only rank 0 locks the run folder and writes its config files."""
+    for var in ("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var]) if _launched_world_size() > 1 else 0
+    return 0
+
+
 def _accelerate_requested_processes() -> int:
     """N when accelerate's simple launcher started this single process for ``--num_processes N``
     (what ``accelerate launch --num_processes N`` does on a machine without GPUs); else 1.
@@ -134,4 +143,4 @@ class Cluster:
             torch.distributed.destroy_process_group()
 
 
-__all__ = ["Cluster", "StageFailed", "relaunch_under_torchrun"]
+__all__ = ["Cluster", "StageFailed", "launched_rank", "relaunch_under_torchrun"]

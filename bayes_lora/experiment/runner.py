@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from ..lora.io import atomic_write_bytes, atomic_write_json, file_digest, load_t
 from ..lora.train import NumericalError
 from .config import ExperimentConfig, dump_toml, hash_json
 from .config import smoke as smoke_config
-from .distributed import Cluster
+from .distributed import Cluster, launched_rank
 from .evaluate import (
     Evaluation,
     chains_idata,
@@ -32,6 +33,7 @@ from .evaluate import (
     mcmc_diagnostics,
     posterior_idata,
 )
+from .lock import RunLock
 from .stages import StageRecord, StageStore
 
 #: bumped when a stage's computation or files change meaning, so older stage folders are recomputed
@@ -41,6 +43,14 @@ from .stages import StageRecord, StageStore
 #: log-likelihood and posterior predictive draws on training examples, test probabilities in `predictions`,
 #: every group at the same thinned draws, the full chains in chains.nc, PSIS-LOO / WAIC in metrics.json)
 STAGES_FORMAT = 6
+
+#: the run's resolved config (every default filled in); never ``config.toml``, so that a run whose
+#: ``--out`` is the folder of its own config file leaves that file alone
+RESOLVED_CONFIG = "resolved_config.toml"
+#: the files of a local model folder whose digests are part of the stage keys (weights, config, tokenizer)
+MODEL_FILE_SUFFIXES = (".safetensors", ".bin", ".json", ".txt", ".model", ".gguf")
+#: what a finished run leaves at the top of its folder (removed when ``force`` replaces another run)
+RESULT_FILES = ("results.json", "results.csv", "report.md")
 
 
 @dataclass
@@ -64,11 +74,23 @@ class Runner:
     """Runs one config into one output folder. ``run()`` returns the results dict."""
 
     def __init__(self, cfg: ExperimentConfig, out: str | Path, *, data_dir: str | None = None,
-                 smoke: bool = False, log: Callable[[str], None] = _log_default, progress: bool | None = None):
+                 smoke: bool = False, log: Callable[[str], None] = _log_default, progress: bool | None = None,
+                 force: bool = False):
+        from ..data.paths import find_data_dir
+
         self.cfg = smoke_config(cfg) if smoke else cfg
         self.smoke = smoke
         self.out = Path(out)
-        self.data_dir = data_dir
+        self.force = force
+        # data_dir > $BAYES_LORA_DATA_DIR > ../shared/data; none at all: relative paths from the current folder
+        try:
+            found, self.data_dir_from = find_data_dir(data_dir)
+            self.data_dir: str | None = str(found)
+        except FileNotFoundError:
+            self.data_dir, self.data_dir_from = None, "none found"
+        self._inputs: dict[str, dict] | None = None
+        self._digests: dict[tuple, str] = {}
+        self._given: Tensor | None = None
         self.log = log
         self.progress = self.cfg.runtime.progress if progress is None else progress
         self.store = StageStore(self.out)
@@ -78,7 +100,7 @@ class Runner:
     def key(self, stage: str, method: str | int | None = None) -> str:
         c = self.cfg
         data = hash_json({"model": c.digest("model"), "data": c.digest("data"), "seed": c.seed,
-                          "format": STAGES_FORMAT})
+                          "format": STAGES_FORMAT, "inputs": self.input_digests()})
         given = c.anchors.path
         anchors = hash_json([data, c.digest("lora"), c.digest("anchors"), list(c.anchor_seeds),
                              file_digest(given) if given and Path(given).is_file() else ""])
@@ -123,6 +145,73 @@ class Runner:
             out |= backend.needs(options)
         return frozenset(out)
 
+    # ------------------------------------------------------------------ inputs -------------
+    def inputs(self) -> dict[str, dict]:
+        """The files the run reads, by role, each ``{"path", "sha256"}`` (``{"source"}`` for a hub
+        split): ``train``, ``test`` and ``ood`` (``classes`` / ``ood_classes`` when the class names
+        come from another split's file), ``model/<file>`` of a local model folder and ``anchors``
+        (``anchors.path``). Computed once per run; a file's digest is cached by (path, size, mtime)."""
+        if self._inputs is None:
+            found = self._input_files()
+            self._inputs = {role: {"path": os.path.abspath(f), "sha256": self._digest(f)} if isinstance(f, Path)
+                            else {"source": f} for role, f in found.items()}
+        return self._inputs
+
+    def input_digests(self) -> dict[str, str]:
+        """``{role: sha256}`` of :meth:`inputs`: what the stage keys depend on (contents, not paths)."""
+        return {role: v.get("sha256") or v.get("source", "") for role, v in self.inputs().items()}
+
+    def _digest(self, path: Path) -> str:
+        st = path.stat()
+        k = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
+        if k not in self._digests:
+            self._digests[k] = file_digest(path)
+        return self._digests[k]
+
+    def _input_files(self) -> dict[str, Path | str]:
+        from ..data.tasks import SPLITS
+
+        c, d = self.cfg, self.cfg.data
+        files: dict[str, Path | str] = {}
+
+        def add(role: str, spec, split: str) -> None:
+            path = spec.path(split, self.data_dir)
+            if path is not None and path.is_file():
+                files[role] = path
+            elif spec.hf_dataset:
+                files[role] = f"hub:{'/'.join(p for p in (spec.hf_dataset, spec.hf_config) if p)}[{split}]"
+            # else: missing, prepare() says so
+
+        def classes_split(spec) -> str | None:  # the split TaskSpec.classes reads (None: it reads none)
+            if spec.kind != "classification" or spec.labels:
+                return None
+            return "train" if spec.has_split("train") else next((s for s in SPLITS if spec.has_split(s)), "train")
+
+        spec = d.task_spec
+        add("train", spec, "train")
+        add("test", spec, d.test_split)
+        src = classes_split(spec)
+        if src not in (None, "train", d.test_split):
+            add("classes", spec, src)
+        if d.ood_spec is not None:
+            add("ood", d.ood_spec, d.ood_split)
+            src = classes_split(d.ood_spec)
+            if src not in (None, d.ood_split):
+                add("ood_classes", d.ood_spec, src)
+        model = Path(c.model.name).expanduser()
+        if model.is_dir():
+            for f in sorted(model.iterdir()):
+                if f.is_file() and not f.name.startswith(".") and f.suffix in MODEL_FILE_SUFFIXES:
+                    files[f"model/{f.name}"] = f
+        if c.anchors.path and Path(c.anchors.path).expanduser().is_file():
+            files["anchors"] = Path(c.anchors.path).expanduser()
+        return files
+
+    def data_record(self) -> dict:
+        """Where the data came from and the digest of every file read (config.json, results.json)."""
+        return {"dir": os.path.abspath(self.data_dir) if self.data_dir else None, "dir_from": self.data_dir_from,
+                "inputs": self.inputs()}
+
     # ------------------------------------------------------------------ prepare ------------
     def prepare(self) -> Prepared:
         """Load data and model and check everything checkable; no training yet."""
@@ -163,7 +252,10 @@ class Runner:
                 "label_names": list(classes) if classes is not None else None}
         if d.ood_spec is not None:
             info["ood_task"] = d.ood_spec.to_dict()
+        info.update(self.data_record())
         self.prep = Prepared(c, bb, fm, tr, te, oo, info)
+        if c.anchors.path:  # checked against the model now, before anything is written
+            self._given = self._given_anchors()
         return self.prep
 
     def _prefix_cache(self, fm, tr, te, oo):
@@ -235,7 +327,9 @@ class Runner:
         """The M fine-tuned optima [M, D] (one stage each), or the checked contents of
         ``anchors.path``."""
         if self.cfg.anchors.path:
-            return self._given_anchors()
+            if self._given is None:
+                self._given = self._given_anchors()
+            return self._given
         return torch.stack([self.anchor(i) for i in range(len(self.cfg.anchor_seeds))])
 
     def _given_anchors(self) -> Tensor:
@@ -397,14 +491,90 @@ class Runner:
 
     # ------------------------------------------------------------------ run ----------------
     def run(self) -> dict:
+        """Lock the run folder, check and prepare everything, then run every stage and report.
+
+        Nothing is written before :meth:`prepare` succeeded. A folder that another run is using
+        raises :class:`~.lock.RunFolderBusy`; one that holds the finished run of another config or
+        other data raises a ValueError unless ``force``. Of a distributed run, only the main
+        process (rank 0) locks the folder and writes the config files."""
+        main = launched_rank() == 0
+        created = self._open_folder()
+        lock = RunLock(self.out, log=self.log) if main else None
+        try:
+            if lock is not None:
+                lock.acquire()
+            return self._run(main)
+        finally:
+            if lock is not None:
+                lock.release()
+            if created and not any(self.out.iterdir()):  # a run refused before writing anything
+                self.out.rmdir()
+
+    def _open_folder(self) -> bool:
+        """Create the run folder (True when it did not exist); a clear error where it cannot be."""
+        out = self.out
+        if out.exists() and not out.is_dir():
+            raise NotADirectoryError(f"the run folder {out} (--out) is a file, not a folder")
+        created = not out.exists()
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ValueError(f"cannot create the run folder {out} (--out): {e.strerror or e}") from None
+        if not os.access(out, os.W_OK | os.X_OK):
+            raise ValueError(f"the run folder {out} (--out) is not writable")
+        return created
+
+    def _check_folder(self) -> bool:
+        """Whether the folder holds the finished run of another config or other data (then a
+        ValueError unless ``force``)."""
+        f = self.out / "results.json"
+        if not f.is_file():
+            return False
+        try:
+            old = json.loads(f.read_text())
+        except (OSError, ValueError):  # unreadable: nothing to compare; it is rewritten at the end
+            return False
+        if not isinstance(old, dict):
+            return False
+        diffs, mine = [], self.cfg.digest()
+        if old.get("config_hash") != mine:
+            diffs.append(f"another config ({old.get('name')!r}, hash {old.get('config_hash')}; this run: "
+                         f"{self.cfg.name!r}, hash {mine})")
+        theirs = (old.get("data") or {}).get("inputs")
+        if isinstance(theirs, dict):  # runs before data digests were recorded: the config decides
+            theirs = {r: (v.get("sha256") or v.get("source", "")) if isinstance(v, dict) else v
+                      for r, v in theirs.items()}
+            now = self.input_digests()
+            changed = sorted(r for r in set(now) | set(theirs) if now.get(r) != theirs.get(r))
+            if changed:
+                diffs.append(f"other data ({', '.join(changed)}: other contents; data folder then "
+                             f"{old['data'].get('dir')}, now {self.data_record()['dir']})")
+        if not diffs:
+            return False
+        what = " and ".join(diffs)
+        if not self.force:
+            raise ValueError(f"{self.out} holds the finished run of {what}; choose another --out, or pass "
+                             "--force to replace it (stages that depend on what changed are recomputed)")
+        self.log(f"--force: {self.out} holds the finished run of {what}; its results are replaced")
+        return True
+
+    def _run(self, main: bool) -> dict:
         from .report import write_report
 
         t0 = time.perf_counter()
-        self.out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(self.out / "config.json", {"config": self.cfg.to_dict(), "smoke": self.smoke,
-                                                     "config_hash": self.cfg.digest()})
-        atomic_write_bytes(self.out / "config.toml", dump_toml(self.cfg.to_dict()).encode())
+        if main:
+            where = self.data_record()["dir"]
+            self.log(f"data: {where} (from {self.data_dir_from})" if where else
+                     "data: no data folder found (relative paths start from the current folder)")
+        replacing = self._check_folder()
         self.prepare()
+        if main:  # written only now that data, model and anchors are checked
+            for name in RESULT_FILES if replacing else ():
+                (self.out / name).unlink(missing_ok=True)
+            atomic_write_json(self.out / "config.json", {"config": self.cfg.to_dict(), "smoke": self.smoke,
+                                                         "config_hash": self.cfg.digest(),
+                                                         "data": self.data_record()})
+            atomic_write_bytes(self.out / RESOLVED_CONFIG, dump_toml(self.cfg.to_dict()).encode())
         cluster = Cluster.current()
         if cluster.world > 1:
             self._distributed_stages(cluster)
@@ -487,4 +657,4 @@ def run(cfg: ExperimentConfig, out: str | Path, **kw) -> dict:
     return Runner(cfg, out, **kw).run()
 
 
-__all__ = ["Evaluation", "Prepared", "Runner", "run"]
+__all__ = ["RESOLVED_CONFIG", "Evaluation", "Prepared", "Runner", "run"]

@@ -9,15 +9,43 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from .params import ParamLayout
 
+_UMASK: int | None = None
+
+
+def file_mode() -> int:
+    """The mode of a new file under the process's umask (``0o666 & ~umask``; 0o644 for umask 022).
+
+    Temp files are created 0600; the finished file gets this mode, like a plain ``open``. The
+    umask is read once: from ``/proc/self/status`` where there is one (no change of process
+    state), else by setting and restoring it."""
+    global _UMASK
+    if _UMASK is None:
+        umask = None
+        try:
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("Umask:"):
+                    umask = int(line.split()[1], 8)
+        except (OSError, ValueError):
+            pass
+        if umask is None:
+            umask = os.umask(0o022)
+            os.umask(umask)
+        _UMASK = umask
+    return 0o666 & ~_UMASK
+
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to a temp file in the same folder, fsync, then rename over ``path``."""
+    """Write ``data`` to a temp file in the same folder, fsync, then rename over ``path``
+    (which gets the mode of :func:`file_mode`)."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder, not a file")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -25,6 +53,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -56,6 +85,7 @@ def save_tensors(path: str | os.PathLike, tensors: Mapping[str, Tensor], metadat
     os.close(fd)
     try:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp)
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -74,7 +104,10 @@ def load_tensors(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no such file: {path}")
-    tensors = load_file(str(path))
+    try:
+        tensors = load_file(str(path))
+    except SafetensorError as e:  # truncated, or not safetensors at all
+        raise ValueError(f"{path} is not a readable safetensors file ({e})") from e
     meta_file = json_path(path)
     meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
     return tensors, meta

@@ -78,7 +78,7 @@ def test_every_output_is_written_and_loadable(finished):
     assert not (out / "idata" / "chains" / "vi.nc").exists()  # sampled approximations keep no chains
     assert (out / "figures" / "paths.png").stat().st_size > 1000
     assert (out / "figures" / "risk_coverage.png").is_file()
-    assert (out / "config.toml").is_file()
+    assert (out / "resolved_config.toml").is_file()
 
 
 def _check_semantics(label, idata, metrics, res):
@@ -134,7 +134,8 @@ def test_changed_option_reruns_only_its_dependants(finished, setup):
     _, out = finished
     cfg = _write(root / "tiny2.toml", _config(model_dir, methods={
         **tiny_run_config(model_dir)["methods"], "mc_dropout": {"p": 0.3}}))
-    assert main(["run", str(cfg), "--out", str(out), "--data-dir", str(data_dir), "--quiet"]) == 0
+    # the folder holds the finished run of another config: --force reuses it
+    assert main(["run", str(cfg), "--out", str(out), "--data-dir", str(data_dir), "--quiet", "--force"]) == 0
     ran = {k for k, v in _stages(out).items() if v == "ran"}
     assert ran == {"fit:mc_dropout", "eval:mc_dropout"}
 
@@ -160,11 +161,11 @@ def test_stage_results_are_passed_in_and_keyed_by_what_each_method_needs(finishe
     methods = {**tiny_run_config(model_dir)["methods"], "mc_dropout": {"p": 0.3}}  # as tiny2.toml
     curve_methods = {"fit:curve_grid", "eval:curve_grid", "fit:curve_svi", "eval:curve_svi"}
     cfg = _write(root / "tiny3.toml", _config(model_dir, methods=methods, posterior={"temperature": 2.0}))
-    assert main(["run", str(cfg), "--out", str(out), "--data-dir", str(data_dir), "--quiet"]) == 0
+    assert main(["run", str(cfg), "--out", str(out), "--data-dir", str(data_dir), "--quiet", "--force"]) == 0
     assert {k for k, v in _stages(out).items() if v == "ran"} == curve_methods
     cfg = _write(root / "tiny4.toml", _config(model_dir, methods=methods, posterior={"temperature": 2.0},
                                               curve={"lr": 2e-3}))
-    assert main(["run", str(cfg), "--out", str(out), "--data-dir", str(data_dir), "--quiet"]) == 0
+    assert main(["run", str(cfg), "--out", str(out), "--data-dir", str(data_dir), "--quiet", "--force"]) == 0
     assert {k for k, v in _stages(out).items() if v == "ran"} == curve_methods | {"curve", "paths"}
 
 

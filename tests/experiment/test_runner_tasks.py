@@ -100,7 +100,7 @@ def test_a_declared_pair_task_with_string_labels_runs_end_to_end(setup, tmp_path
     report = (out / "report.md").read_text()
     assert "0 = alpha, 1 = beta, 2 = delta, 3 = gamma" in report
     assert "| method | alpha | beta | delta | gamma |" in report
-    assert "[data.task]" in (out / "config.toml").read_text()
+    assert "[data.task]" in (out / "resolved_config.toml").read_text()
 
 
 def test_the_same_task_from_python_objects(setup, tmp_path):
