@@ -40,6 +40,7 @@ def setup(tmp_path_factory):
     return root, cfg, data_dir, ref, env
 
 
+@pytest.mark.slow  # the SIGKILL test below also reruns the pipeline and compares with the same reference run
 def test_same_config_and_seed_give_identical_results(setup):
     root, cfg, data_dir, ref, env = setup
     again = root / "again"
