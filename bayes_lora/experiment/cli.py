@@ -41,6 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="tabulate finished runs")
     c.add_argument("dirs", nargs="+")
     c.add_argument("--csv", default=None, help="also write the table as CSV")
+    c.add_argument("--mix", action="store_true", help="tabulate runs of different tasks, models or data side by side")
     c.add_argument("--debug", action="store_true")
     return p
 
@@ -101,8 +102,8 @@ def _compare(args) -> int:
     from ..lora.io import atomic_write_bytes
     from .report import COLUMNS, compare_runs
 
-    rows = compare_runs(args.dirs)
-    cols = ["run", "method", "accuracy", "nll", "ece", "brier", "mutual_information", "fit_seconds"]
+    rows = compare_runs(args.dirs, mix=args.mix)
+    cols = ["run", "task", "model", "method", "accuracy", "nll", "ece", "brier", "mutual_information", "fit_seconds"]
     print(" | ".join(cols))
     for r in rows:
         print(" | ".join(f"{r[c]:.4f}" if isinstance(r.get(c), float) else str(r.get(c)) for c in cols))
@@ -113,7 +114,7 @@ def _compare(args) -> int:
         import io
 
         buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=["run", "task", "method", *COLUMNS])
+        w = csv.DictWriter(buf, fieldnames=["run", "task", "model", "method", *COLUMNS])
         w.writeheader()
         w.writerows(rows)
         atomic_write_bytes(args.csv, buf.getvalue().encode())

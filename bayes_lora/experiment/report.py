@@ -200,16 +200,37 @@ def _loo_lines(results: dict) -> list[str]:
     return lines
 
 
-def compare_runs(dirs: list[str | Path]) -> list[dict[str, Any]]:
-    """One row per (run, method) of finished runs' results.json."""
-    rows = []
+#: what makes two runs' numbers comparable: the same task, model, test data and sizes
+_IDENTITY = ("task", "model", "test data", "smoke")
+
+
+def _identity(res: dict) -> dict[str, Any]:
+    test = (res.get("data") or {}).get("inputs", {}).get("test", {})
+    return {"task": res.get("task"), "model": res.get("model"),
+            "test data": (test.get("sha256") or test.get("source") or "?")[:12], "smoke": bool(res.get("smoke"))}
+
+
+def compare_runs(dirs: list[str | Path], *, mix: bool = False) -> list[dict[str, Any]]:
+    """One row per (run, method) of finished runs' results.json, with each run's task and model.
+
+    Runs of different tasks, models, test data (by digest) or sizes (smoke) are not comparable:
+    they are refused with a ValueError naming what differs, unless ``mix`` is set."""
+    rows, seen = [], {}
     for d in dirs:
         f = Path(d) / "results.json"
         if not f.is_file():
             raise FileNotFoundError(f"{d} has no results.json: is it a finished bayes-lora run?")
         res = json.loads(f.read_text())
+        seen[str(d)] = _identity(res)
         for r in results_table(res):
-            rows.append({"run": str(d), "task": res.get("task"), **r})
+            rows.append({"run": str(d), "task": res.get("task"), "model": res.get("model"), **r})
+    first, *others = list(seen.items()) or [("", {})]
+    for run, ident in others:
+        differ = [k for k in _IDENTITY if ident[k] != first[1][k]]
+        if differ and not mix:
+            what = "; ".join(f"{k}: {first[1][k]!r} in {first[0]} vs {ident[k]!r} in {run}" for k in differ)
+            raise ValueError(f"these runs are not comparable ({what}); compare runs of one task, model and data, "
+                             "or pass --mix to tabulate them side by side")
     return rows
 
 

@@ -175,6 +175,17 @@ def test_compare_tabulates_runs(finished, capsys, tmp_path):
     text = capsys.readouterr().out
     assert "curve_grid" in text and "mc_dropout" in text
     assert (tmp_path / "t.csv").read_text().count("\n") == 9
+    # a run of another task is not comparable: refused (exit 2, naming what differs) unless --mix
+    other = tmp_path / "other"
+    other.mkdir()
+    res = json.loads((out / "results.json").read_text())
+    (other / "results.json").write_text(json.dumps({**res, "task": "rte"}))
+    capsys.readouterr()
+    assert main(["compare", str(out), str(other)]) == 2
+    err = capsys.readouterr().err
+    assert "not comparable" in err and "'sst2'" in err and "'rte'" in err and "Traceback" not in err
+    assert main(["compare", str(out), str(other), "--mix"]) == 0
+    assert " | rte | " in capsys.readouterr().out
 
 
 def test_bad_input_exits_2_without_traceback(setup, tmp_path):
