@@ -323,3 +323,11 @@ def tiny_family_config(family: str, layers: int = 3, num_labels: int = 2):  # ex
                        intermediate_size=37, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
                        max_position_embeddings=70, relative_attention_num_buckets=32, num_labels=num_labels,
                        pad_token_id=0, bos_token_id=2, eos_token_id=3)
+
+
+def assert_user_error(err: str, words, case: str = "") -> None:
+    """``err`` (a CLI's stderr) is one user-facing message: ``error: …``, no traceback, naming
+    every one of ``words``."""
+    assert err.startswith("error: ") and "Traceback" not in err, err
+    for w in words:
+        assert w in err, f"{case}: {w!r} not in {err!r}"

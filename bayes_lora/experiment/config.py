@@ -18,7 +18,7 @@ import math
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import MISSING, asdict, dataclass, field
+from dataclasses import asdict, dataclass, field
 from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import Any, ClassVar, get_args, get_origin, get_type_hints
@@ -38,11 +38,6 @@ class ConfigError(ValueError):
 
 #: keys that moved, so that an older config gets told where
 MOVED = {"curve.path_points": "paths.points", "curve.path_examples": "paths.examples"}
-
-
-def _spec(*, default=MISSING, **kw):
-    """A config-only field (:func:`~bayes_lora.options.option`)."""
-    return option(default, **kw)
 
 
 def _type_name(tp) -> str:
@@ -134,21 +129,21 @@ def build(cls, data: Mapping[str, Any] | None, where: str):
 # --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str = _spec(default="all-MiniLM-L6-v2", doc="a local folder, a Hugging Face hub id in the local cache, or a "
+    name: str = option("all-MiniLM-L6-v2", doc="a local folder, a Hugging Face hub id in the local cache, or a "
                                                       "name in KNOWN_MODELS (nothing is downloaded)")
-    kind: str = _spec(default="classifier", choices=("classifier", "causal_lm"))
-    max_length: int = _spec(default=64, ge=8, le=4096)
+    kind: str = option("classifier", choices=("classifier", "causal_lm"))
+    max_length: int = option(64, ge=8, le=4096)
 
 
 @dataclass(frozen=True)
 class LoraConfig:
-    r: int = _spec(default=8, ge=1, le=1024)
-    alpha: float = _spec(default=16.0, gt=0)
-    dropout: float = _spec(default=0.0, ge=0, lt=1)
-    target_modules: tuple[str, ...] = _spec(default=(), doc="the modules to adapt; empty = peft's default for the "
+    r: int = option(8, ge=1, le=1024)
+    alpha: float = option(16.0, gt=0)
+    dropout: float = option(0.0, ge=0, lt=1)
+    target_modules: tuple[str, ...] = option((), doc="the modules to adapt; empty = peft's default for the "
                                             "model's architecture (BERT: query, value; Llama: q_proj, v_proj; …)")
-    layers: tuple[int, ...] = _spec(default=(), ge=0, doc="adapted layers; empty = all")
-    train_head: bool = _spec(default=True)
+    layers: tuple[int, ...] = option((), ge=0, doc="adapted layers; empty = all")
+    train_head: bool = option(True)
 
 
 @dataclass(frozen=True)
@@ -156,18 +151,18 @@ class DataConfig:
     """The task and its splits. ``task`` and ``ood_task`` are a registered name or a task
     description (a :class:`~bayes_lora.data.tasks.TaskSpec`, or its table in the config)."""
 
-    # _spec returns a dataclasses.field (ruff cannot see it): noqa RUF009
-    task: str | TaskSpec = _spec(default="sst2", doc="a registered task name or a [data.task] table")  # noqa: RUF009
-    train_examples: int = _spec(default=2000, ge=1)
-    test_split: str = _spec(default="test", choices=SPLITS)
-    test_examples: int = _spec(default=0, ge=0, doc="0 = the whole split")
-    min_words: int | None = _spec(default=None, ge=0, doc="keep training texts of at least this many words; "
+    # option returns a dataclasses.field (ruff cannot see it): noqa RUF009
+    task: str | TaskSpec = option("sst2", doc="a registered task name or a [data.task] table")  # noqa: RUF009
+    train_examples: int = option(2000, ge=1)
+    test_split: str = option("test", choices=SPLITS)
+    test_examples: int = option(0, ge=0, doc="0 = the whole split")
+    min_words: int | None = option(None, ge=0, doc="keep training texts of at least this many words; "
                                   "unset: the task's own min_words (sst2: 5)")
-    ood_task: str | TaskSpec = _spec(  # noqa: RUF009
-        default="", doc="'' = no OOD evaluation; a task name or a [data.ood_task] table (kind = \"texts\" for a "
+    ood_task: str | TaskSpec = option(  # noqa: RUF009
+        "", doc="'' = no OOD evaluation; a task name or a [data.ood_task] table (kind = \"texts\" for a "
                         "file of unlabelled texts)")
-    ood_split: str = _spec(default="test", choices=SPLITS)
-    ood_examples: int = _spec(default=0, ge=0)
+    ood_split: str = option("test", choices=SPLITS)
+    ood_examples: int = option(0, ge=0)
 
     def __post_init__(self) -> None:
         for key in ("task", "ood_task"):
@@ -202,9 +197,9 @@ class AnchorsConfig(TrainConfig):
     """How many anchors, with which seeds (or from which file), fine-tuned with these
     :class:`~bayes_lora.lora.train.TrainConfig` settings (its fields and defaults, inherited)."""
 
-    count: int = _spec(default=3, ge=1, le=64)
-    seeds: tuple[int, ...] = _spec(default=(), ge=0, doc="one per anchor; empty = seed, seed+1, …")
-    path: str = _spec(default="", doc="use these fine-tuned anchors (an anchors.safetensors of an earlier run) "
+    count: int = option(3, ge=1, le=64)
+    seeds: tuple[int, ...] = option((), ge=0, doc="one per anchor; empty = seed, seed+1, …")
+    path: str = option("", doc="use these fine-tuned anchors (an anchors.safetensors of an earlier run) "
                                       "instead of training them; '' = train")
 
     def training(self, seed: int) -> TrainConfig:
@@ -216,28 +211,28 @@ class AnchorsConfig(TrainConfig):
 class PathsConfig:
     """The loss and accuracy along the straight line and the curve between the anchors."""
 
-    points: int = _spec(default=11, ge=3, le=201, doc="values of t on each path")
-    examples: int = _spec(default=0, ge=0, doc="test examples the paths are evaluated on; 0 = all")
+    points: int = option(11, ge=3, le=201, doc="values of t on each path")
+    examples: int = option(0, ge=0, doc="test examples the paths are evaluated on; 0 = all")
 
 
 @dataclass(frozen=True)
 class EvaluationConfig:
-    num_samples: int = _spec(default=8, ge=1, le=4096)
-    batch_size: int = _spec(default=64, ge=1)
-    loo_examples: int = _spec(default=256, ge=1, doc="training examples of each InferenceData's log_likelihood")
-    idata_draws: int = _spec(default=32, ge=1, le=4096,
+    num_samples: int = option(8, ge=1, le=4096)
+    batch_size: int = option(64, ge=1)
+    loo_examples: int = option(256, ge=1, doc="training examples of each InferenceData's log_likelihood")
+    idata_draws: int = option(32, ge=1, le=4096,
                              doc="draws of each InferenceData: MCMC chains thinned to it in all, sampled "
                                  "approximations drawn with at least this many (PSIS-LOO needs >= 21)")
-    idata_predictions: bool = _spec(default=False, doc="also predict the test set at the InferenceData's draws "
+    idata_predictions: bool = option(False, doc="also predict the test set at the InferenceData's draws "
                                                        "(its `predictions` group; one more test pass per method)")
 
 
 @dataclass(frozen=True)
 class RuntimeConfig:
-    prefix_cache: bool = _spec(default=True, doc="reuse the hidden states below the first adapted layer")
-    threads: int = _spec(default=0, ge=0, doc="torch threads; 0 = torch's default")
-    progress: bool = _spec(default=True)
-    checkpoint_every: int = _spec(default=25, ge=0, doc="optimiser steps between checkpoints inside long "
+    prefix_cache: bool = option(True, doc="reuse the hidden states below the first adapted layer")
+    threads: int = option(0, ge=0, doc="torch threads; 0 = torch's default")
+    progress: bool = option(True)
+    checkpoint_every: int = option(25, ge=0, doc="optimiser steps between checkpoints inside long "
                                   "training stages (anchors, curve, projected MAP, SWAG); 0 = none")
 
 

@@ -101,9 +101,8 @@ class Runner:
         c = self.cfg
         data = hash_json({"model": c.digest("model"), "data": c.digest("data"), "seed": c.seed,
                           "format": STAGES_FORMAT, "inputs": self.input_digests()})
-        given = c.anchors.path
-        anchors = hash_json([data, c.digest("lora"), c.digest("anchors"), list(c.anchor_seeds),
-                             file_digest(given) if given and Path(given).is_file() else ""])
+        # a given anchors file is one of the inputs: its contents are in ``data`` already
+        anchors = hash_json([data, c.digest("lora"), c.digest("anchors"), list(c.anchor_seeds)])
         curve = hash_json([anchors, c.digest("curve")])
         if stage == "anchors":
             return anchors
@@ -437,13 +436,11 @@ class Runner:
         return make
 
     def fit_method(self, label: str, ctx):
-        from ..inference.registry import load
+        from ..inference.registry import fit, load
 
         backend, options = self.method_options(label)
 
         def build(folder: Path):
-            from ..inference.registry import fit
-
             ctx.checkpointer = self._fit_checkpointer(label)
             post = fit(backend.name, ctx, **options)
             post.save(folder)

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 import torch
-from scenarios import tiny_run_config, write_tiny_run_setup
+from scenarios import assert_user_error, tiny_run_config, write_tiny_run_setup
 
 from bayes_lora.experiment.cli import main
 from bayes_lora.experiment.config import dump_toml
@@ -84,9 +84,7 @@ def test_bad_input_is_a_clear_error_with_exit_code_2(case, setup, tmp_path, caps
         argv = ["run", str(path), "--out", str(out), "--data-dir", str(ddir), "--quiet"]
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and "Traceback" not in err
-    for w in words:
-        assert w in err, f"{case}: {w!r} not in {err!r}"
+    assert_user_error(err, words, case)
     assert not (out / "stages").exists(), "the error must come before any stage"
 
 

@@ -13,7 +13,7 @@ import subprocess
 import sys
 
 import pytest
-from scenarios import tiny_run_config, write_tiny_run_setup
+from scenarios import assert_user_error, tiny_run_config, write_tiny_run_setup
 
 from bayes_lora.experiment.cli import main
 from bayes_lora.experiment.config import ExperimentConfig, dump_toml
@@ -295,9 +295,7 @@ def test_io_mistakes_are_a_message_and_exit_2(case, setup, tmp_path, capsys):
     argv = make(root, model_dir, data_dir, cfg, tmp_path)
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and "Traceback" not in err
-    for w in words:
-        assert w in err, f"{case}: {w!r} not in {err!r}"
+    assert_user_error(err, words, case)
     assert not (tmp_path / "o").exists(), "a refused run leaves no folder behind"
 
 
