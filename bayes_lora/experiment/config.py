@@ -248,6 +248,26 @@ class MethodConfig:
 #: options the runner supplies itself and a config must not set
 _RESERVED = {"ctx", "curve"}
 
+#: a method label names its stage folders, InferenceData and plot files: letters, digits and
+#: ``_ . + -``, starting with a letter or digit (no path separators, no spaces)
+LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
+
+
+def _check_labels(labels) -> None:
+    """Each label is a valid file name, and no two are one file on a case-insensitive file system."""
+    seen: dict[str, str] = {}
+    for label in labels:
+        if not LABEL.fullmatch(label):
+            bad = sorted({ch for ch in label if not re.fullmatch(r"[A-Za-z0-9_.+-]", ch)})
+            why = (f"contains {', '.join(map(repr, bad))}" if bad else "must start with a letter or digit")
+            raise ConfigError(f"[methods.{json.dumps(label)}]: a method label names its files; it {why}. Use letters, "
+                              "digits and _ . + - (starting with a letter or digit), e.g. "
+                              f"[methods.{re.sub(r'[^A-Za-z0-9_.+-]+', '_', label).strip('_.+-') or 'mine'}]")
+        if label.lower() in seen:
+            raise ConfigError(f"[methods.{seen[label.lower()]}] and [methods.{label}] differ only in case: their "
+                              "files would be one on a case-insensitive file system; rename one")
+        seen[label.lower()] = label
+
 
 def _method_config(label: str, table: Any) -> MethodConfig:
     from ..inference.registry import available_methods, get_backend
@@ -332,6 +352,7 @@ class ExperimentConfig:
             raise ConfigError(f"[posterior]: {e}") from None
         kw["posterior"] = posterior
         methods = _coerce(d.get("methods", {}), dict, "methods")
+        _check_labels(methods)
         kw["methods"] = {label: _method_config(label, table) for label, table in methods.items()}
         cfg = cls(**kw)
         cfg.check()

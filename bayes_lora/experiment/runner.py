@@ -22,7 +22,7 @@ from torch import Tensor
 from ..inference.base import PROJECTED_LR, Needs
 from ..lora.io import atomic_write_bytes, atomic_write_json, file_digest, load_tensors, save_tensors
 from ..lora.train import NumericalError
-from .config import ExperimentConfig, dump_toml, hash_json
+from .config import ConfigError, ExperimentConfig, dump_toml, hash_json
 from .config import smoke as smoke_config
 from .distributed import Cluster, launched_rank
 from .evaluate import (
@@ -240,6 +240,7 @@ class Runner:
                             layers=tuple(c.lora.layers) or None)
         n_classes = getattr(train, "num_classes", None) or train.num_choices
         bb = load_backbone(c.model.name, kind=c.model.kind, num_labels=n_classes, lora=lora)
+        self._check_methods(bb.model)
         enc = lambda ds: encode(ds, bb.tokenizer, max_length=c.model.max_length)
         tr, te = enc(train), enc(test)
         oo = enc(ood) if ood is not None else None
@@ -256,6 +257,16 @@ class Runner:
         if c.anchors.path:  # checked against the model now, before anything is written
             self._given = self._given_anchors()
         return self.prep
+
+    def _check_methods(self, model) -> None:
+        """Every method's options against the model's shapes (e.g. a LoRA rank its core space
+        allows), so that nothing is trained for a run that would fail at a later method."""
+        for label in self.cfg.methods:
+            backend, options = self.method_options(label)
+            try:
+                backend.check(options, model)
+            except ValueError as e:
+                raise ConfigError(f"methods.{label}: {e} (lora.r = {self.cfg.lora.r})") from None
 
     def _prefix_cache(self, fm, tr, te, oo):
         try:

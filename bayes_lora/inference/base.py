@@ -21,12 +21,12 @@ from types import MappingProxyType
 from typing import Any, ClassVar
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..lora.checkpoint import LoopCheckpoint
 from ..lora.io import atomic_write_json, load_tensors, save_tensors
 from ..lora.params import FunctionalModel
-from ..lora.spaces import FullSpace, MaskedSpace, ParameterSpace, ProjectedSpace
+from ..lora.spaces import FullSpace, MaskedSpace, ParameterSpace, ProjectedSpace, check_core_ranks
 from ..lora.train import TrainConfig, fine_tune
 from ..types import EncodedTask, FitInfo, Prediction, over_batches
 
@@ -76,6 +76,22 @@ class Needs(str, Enum):
     """A trained Bézier curve ``FitContext.curve``."""
     PROJECTED_MAP = "projected_map"
     """A MAP core in the LoRA-XS space ``FitContext.projected`` (:func:`fit_projected_map`)."""
+
+
+#: spaces of r×r cores between rank-r SVD factors (``ProjectedSpace``): LoRA rank ≤ every adapted
+#: weight's smaller side
+CORE_SPACES = (SpaceKind.PROJECTED.value, SpaceKind.ADAPTER.value)
+
+
+def check_space(option: str) -> Callable[[Mapping[str, Any], nn.Module], None]:
+    """The ``check`` of a backend whose option ``option`` names its space: a core space needs
+    ranks its weights allow (:func:`~bayes_lora.lora.spaces.check_core_ranks`)."""
+
+    def check(options: Mapping[str, Any], model: nn.Module) -> None:
+        if options.get(option) in CORE_SPACES:
+            check_core_ranks(model)
+
+    return check
 
 
 def needs_for_space(option: str) -> Callable[[Mapping[str, Any]], tuple[Needs, ...]]:

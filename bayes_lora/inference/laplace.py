@@ -89,7 +89,15 @@ from ..lora.batched import can_fold, per_example_jacobians
 from ..lora.params import FunctionalModel
 from ..lora.spaces import FullSpace, MaskedSpace, ParameterSpace
 from ..types import Batch, EncodedTask, FitInfo, Prediction, over_batches
-from .base import FitContext, Posterior, SpaceKind, needs_for_space, space_from_state, space_state
+from .base import (
+    FitContext,
+    Posterior,
+    SpaceKind,
+    check_space,
+    needs_for_space,
+    space_from_state,
+    space_state,
+)
 from .laplace_factors import (
     FACTORS,
     JITTER_TRIES,
@@ -359,7 +367,7 @@ def _subset(task: EncodedTask, subset: int | None, seed: int) -> EncodedTask:
 
 @register("laplace", LaplacePosterior, choices={"space": SpaceKind, "hessian": HessianStructure,
                                               "predictive": Predictive, "link": Link},
-          needs=needs_for_space("space"))
+          needs=needs_for_space("space"), check=check_space("space"))
 def fit_laplace(
     ctx: FitContext,
     *,

@@ -10,6 +10,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 from ..lora.params import FunctionalModel
 from .base import FitContext, Needs, Posterior, read_saved
 
@@ -27,6 +29,7 @@ class Backend:
     config can be checked before anything is trained."""
     requires: Callable[[Mapping[str, Any]], Iterable[Needs]] | None = None
     fingerprint_fn: Callable[[Mapping[str, Any]], str] | None = None
+    check_fn: Callable[[Mapping[str, Any], nn.Module], None] | None = None
 
     def options(self, given: Mapping[str, Any]) -> dict[str, Any]:
         """``given`` over the defaults of ``fit``'s keyword options."""
@@ -43,6 +46,12 @@ class Backend:
         """What else a fit with options ``given`` depends on (a user model's source file), as a
         digest ('' when nothing)."""
         return self.fingerprint_fn(self.options(given)) if self.fingerprint_fn else ""
+
+    def check(self, given: Mapping[str, Any], model: nn.Module) -> None:
+        """Raise ValueError when a fit with options ``given`` cannot work on ``model`` (the peft
+        model), found from shapes alone: run before anything is trained."""
+        if self.check_fn:
+            self.check_fn(self.options(given), model)
 
 
 _REGISTRY: dict[str, Backend] = {}
@@ -62,13 +71,15 @@ _BUILTIN = {
 def register(name: str, posterior_cls: type[Posterior], doc: str = "",
              choices: Mapping[str, type[Enum] | tuple[str, ...]] | None = None,
              needs: Iterable[Needs] | Callable[[Mapping[str, Any]], Iterable[Needs]] = (),
-             fingerprint: Callable[[Mapping[str, Any]], str] | None = None):
+             fingerprint: Callable[[Mapping[str, Any]], str] | None = None,
+             check: Callable[[Mapping[str, Any], nn.Module], None] | None = None):
     """Decorator registering ``fit(ctx, **options) -> Posterior`` under ``name`` (once).
 
     ``choices`` maps string options to their allowed values (a string ``Enum`` or a tuple).
     ``needs`` says what the fit takes from the context (:class:`~.base.Needs`): a fixed set, or a
     function of the options (defaults filled in). ``fingerprint(options)`` digests anything else
-    the fit reads (a file named by an option)."""
+    the fit reads (a file named by an option). ``check(options, model)`` raises ValueError when the
+    options cannot work on the model, from shapes alone (a caller runs it before any training)."""
 
     def deco(fn):
         if name in _REGISTRY and _REGISTRY[name].fit is not fn:
@@ -77,7 +88,7 @@ def register(name: str, posterior_cls: type[Posterior], doc: str = "",
                    for k, v in (choices or {}).items()}
         requires = needs if callable(needs) else (lambda _o, fixed=tuple(needs): fixed)
         _REGISTRY[name] = Backend(name, fn, posterior_cls, doc or (fn.__doc__ or "").strip().split("\n")[0], allowed,
-                                  requires, fingerprint)
+                                  requires, fingerprint, check)
         return fn
 
     return deco

@@ -34,7 +34,15 @@ from ..lora.params import FunctionalModel
 from ..lora.spaces import FullSpace, ParameterSpace, ProjectedSpace
 from ..lora.train import TrainConfig, TrainResult, train_latent
 from ..types import FitInfo
-from .base import FitContext, Posterior, SpaceKind, needs_for_space, space_from_state, space_state
+from .base import (
+    FitContext,
+    Posterior,
+    SpaceKind,
+    check_space,
+    needs_for_space,
+    space_from_state,
+    space_state,
+)
 from .registry import register
 
 #: smallest diagonal variance kept (Maddox et al. clamp the same way)
@@ -246,7 +254,7 @@ def _steps_per_epoch(n: int, batch_size: int) -> int:
 
 
 @register("swag", SwagPosterior, choices={"space": SpaceKind, "covariance": Covariance},
-          needs=needs_for_space("space"))
+          needs=needs_for_space("space"), check=check_space("space"))
 def fit_swag(
     ctx: FitContext,
     *,

@@ -44,7 +44,7 @@ from ..lora.rng import seeded
 from ..lora.spaces import MaskedSpace, ParameterSpace, ProjectedSpace
 from ..lora.train import NumericalError
 from ..types import EncodedTask, FitInfo
-from .base import FitContext, Posterior, needs_for_space
+from .base import FitContext, Posterior, check_space, needs_for_space
 from .registry import register
 
 
@@ -319,7 +319,8 @@ class VIPosterior(Posterior):
         return cls(fm, space, GaussianQ.from_tensors(tensors), kind=kind)
 
 
-@register("vi", VIPosterior, choices={"kind": Kind, "guide": Guide}, needs=needs_for_space("kind"))
+@register("vi", VIPosterior, choices={"kind": Kind, "guide": Guide}, needs=needs_for_space("kind"),
+          check=check_space("kind"))
 def fit_vi(
     ctx: FitContext,
     *,

@@ -16,6 +16,7 @@ import bisect
 import contextlib
 import dataclasses
 import io
+import json
 import logging
 import os
 import warnings
@@ -164,6 +165,7 @@ def resolve_model_path(model: str) -> Path:
     the cache folder looked in otherwise — nothing is downloaded."""
     p = Path(os.path.expanduser(model))
     if p.is_dir():
+        check_model_folder(p)
         return p
     if model in ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"):
         try:
@@ -197,6 +199,43 @@ def resolve_model_path(model: str) -> Path:
     if cached is not None:
         return cached
     raise _not_found(model)
+
+
+#: what a model folder of ``save_pretrained`` holds, said in every message about one
+_FOLDER_HINT = ("a model folder holds config.json, the weights (model.safetensors or pytorch_model.bin) and the "
+                "tokenizer files, as written by model.save_pretrained(folder) and tokenizer.save_pretrained(folder)")
+
+
+_VOCAB_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "tokenizer.model")
+
+
+def check_model_folder(folder: Path) -> None:
+    """A ValueError naming what a local model folder lacks: files, ``config.json`` (valid JSON with
+    a ``model_type``), weights, a tokenizer vocabulary. Reads only config.json, so it is cheap."""
+    names = sorted(p.name for p in folder.iterdir())
+    if not names:
+        raise ValueError(f"model folder {folder} is empty; {_FOLDER_HINT}")
+    held = ", ".join(names[:8]) + (f", … ({len(names)} files)" if len(names) > 8 else "")
+    config = folder / "config.json"
+    if not config.is_file():
+        raise ValueError(f"model folder {folder} has no config.json (it holds {held}); {_FOLDER_HINT}")
+    try:
+        values = json.loads(config.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{config} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{config} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}") from None
+    if not isinstance(values, dict) or "model_type" not in values:
+        raise ValueError(f"{config} has no model_type key (e.g. \"bert\", \"llama\"): transformers cannot tell "
+                         "which architecture the folder holds")
+    weights = [n for n in names if n.endswith((".safetensors", ".bin", ".index.json"))]
+    if not weights:
+        raise ValueError(f"model folder {folder} has no weights (it holds {held}); {_FOLDER_HINT}")
+    # without a vocabulary transformers builds a tokenizer of the special tokens alone, which maps
+    # every word to [UNK]: refused rather than trained on
+    if not any(n in _VOCAB_FILES or n.endswith((".model", ".tiktoken")) for n in names):
+        raise ValueError(f"model folder {folder} has no tokenizer vocabulary (none of {', '.join(_VOCAB_FILES)}; it "
+                         f"holds {held}); {_FOLDER_HINT}")
 
 
 def bayes_lora_cache() -> Path:
@@ -468,20 +507,22 @@ def add_lora(model: nn.Module, lora: LoraSettings, kind: str) -> nn.Module:
     missing = [t for t in lora.target_modules if t not in names]
     if missing:
         raise ValueError(
-            f"the base model has no modules named {missing}; its linear modules are {_linear_names(model)}"
+            f"lora.target_modules = {list(lora.target_modules)}: the base model has no modules named {missing}; "
+            f"its linear modules are {_linear_names(model)}"
         )
     pattern = None
     if lora.layers is not None:
         stack = layer_stack(model, lora.target_modules)
         if stack is None:
             raise ValueError(
-                f"lora layers={list(lora.layers)}: the target modules {list(lora.target_modules)} do not lie in a "
+                f"lora.layers = {list(lora.layers)}: the target modules {list(lora.target_modules)} do not lie in a "
                 "numbered stack of layers"
             )
         path, count = stack
         bad = [i for i in lora.layers if not 0 <= i < count]
         if bad:
-            raise ValueError(f"lora layers {bad} are out of range: {path} has layers 0..{count - 1}")
+            raise ValueError(f"lora.layers = {list(lora.layers)}: {', '.join(map(str, bad))} out of range; {path} "
+                             f"has {count} layers, valid indices 0..{count - 1}")
         pattern = path.rsplit(".", 1)[-1]
     targeted = [m for n, m in model.named_modules() if n.rsplit(".", 1)[-1] in set(lora.target_modules)]
     fan_in_fan_out = any(type(m).__name__ == "Conv1D" for m in targeted)
@@ -554,11 +595,17 @@ def load_backbone(
             _check_head(path, num_labels, lora)
             # a fine-tuned checkpoint's head of another size is replaced by a new one (trained
             # with train_head), as for a checkpoint without a head
-            base = AutoModelForSequenceClassification.from_pretrained(
+            load = lambda: AutoModelForSequenceClassification.from_pretrained(
                 path, num_labels=num_labels, local_files_only=True, ignore_mismatched_sizes=True
             )
         else:
-            base = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, torch_dtype=torch.float32)
+            load = lambda: AutoModelForCausalLM.from_pretrained(path, local_files_only=True, torch_dtype=torch.float32)
+        try:
+            base = load()
+        except Exception as e:  # a truncated or corrupt weights file: name the folder, not a header
+            if type(e).__name__ != "SafetensorError":
+                raise
+            raise ValueError(f"the weights in model folder {path} are not a readable safetensors file ({e})") from None
         tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token

@@ -202,6 +202,27 @@ def _lora_modules(layout: ParamLayout) -> list[tuple[str, str, str]]:
     return out
 
 
+def check_core_ranks(model: nn.Module, layout: ParamLayout | None = None) -> None:
+    """A ValueError naming the LoRA modules whose rank r exceeds the smaller side of their base
+    weight: an r×r core between rank-r SVD factors of that weight (LoRA-XS, or the cores around
+    an update B̂Â) needs r ≤ min(out, in). Cheap (shapes only): callers run it before training."""
+    layout = layout or ParamLayout.from_model(model)
+    params = dict(model.named_parameters())
+    bad = []
+    for path, a_name, _b in _lora_modules(layout):
+        layer = model.get_submodule(path)
+        base = layer.get_base_layer() if hasattr(layer, "get_base_layer") else layer.base_layer
+        r, shape = int(params[a_name].shape[0]), tuple(base.weight.shape)
+        if r > min(shape):
+            bad.append((path.removeprefix("base_model.model."), r, shape))
+    if bad:
+        path, r, shape = bad[0]
+        more = f" (and {len(bad) - 1} more module{'s' * (len(bad) > 2)})" if len(bad) > 1 else ""
+        smallest = min(min(s) for _p, _r, s in bad)
+        raise ValueError(f"LoRA rank {r} exceeds the size of {path}'s weight {shape}{more}: an r×r core "
+                         f"space (LoRA-XS cores, or the cores around an adapter's update) needs r ≤ {smallest}")
+
+
 class ProjectedSpace(ParameterSpace):
     """LoRA-XS: a trainable r×r core per adapted weight between frozen truncated-SVD factors.
 
@@ -244,6 +265,7 @@ class ProjectedSpace(ParameterSpace):
         self.modules_ = _lora_modules(layout)
         if not self.modules_:
             raise ValueError("ProjectedSpace needs a model with LoRA factors (lora_A / lora_B)")
+        check_core_ranks(model, layout)
         self._pieces: dict[str, Callable[[Tensor, tuple], Tensor]] = {}
         offset = 0
         self.ranks: list[int] = []
@@ -255,8 +277,6 @@ class ProjectedSpace(ParameterSpace):
             if getattr(layer, "fan_in_fan_out", False):
                 weight = weight.T
             r = params[a_name].shape[0]
-            if r > min(weight.shape):
-                raise ValueError(f"LoRA rank {r} exceeds the size of {path}'s weight {tuple(weight.shape)}")
             scaling = float(layer.scaling[adapter_name]) if hasattr(layer, "scaling") else 1.0
             if around is None:  # LoRA-XS: s·B·A = U_r Σ_r R V_rᵀ
                 u, s, vh = torch.linalg.svd(weight, full_matrices=False)

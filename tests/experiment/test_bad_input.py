@@ -41,6 +41,26 @@ def _data_with(root, name, train_text):
     return d
 
 
+def _methods(model_dir, methods, **tables):
+    cfg = tiny_run_config(model_dir, **tables)
+    cfg["methods"] = methods
+    return cfg
+
+
+def _model_folder(root, name, drop=(), config=None, weights=None):
+    """A copy of the tiny model folder with files removed or replaced."""
+    d = root / name
+    if not d.exists():
+        shutil.copytree(root / "tiny-bert", d)
+        for f in drop:
+            (d / f).unlink()
+        if config is not None:
+            (d / "config.json").write_text(config)
+        if weights is not None:
+            (d / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes()[:weights])
+    return d
+
+
 CASES = {
     # case: (function(root, model_dir, data_dir, other) -> (config dict, data dir), words in the message)
     "unknown config key": (lambda r, m, d, o: ({**tiny_run_config(m), "epochs": 3}, d), ["epochs", "allowed"]),
@@ -67,6 +87,32 @@ CASES = {
     "anchors file missing": (lambda r, m, d, o: (tiny_run_config(m, anchors={"path": str(r / "none.safetensors")}), d),
                              ["anchors.path", "does not exist"]),
     "config file missing": (None, ["does not exist"]),
+    # checks of everything the methods will use, before the first stage (the tiny model is 32 wide)
+    "label with a slash": (lambda r, m, d, o: (_methods(m, {"map": {}, "a/b": {"method": "map"}}), d),
+                           ['[methods."a/b"]', "names its files", "'/'", "[methods.a_b]"]),
+    "label with a space": (lambda r, m, d, o: (_methods(m, {"my map": {"method": "map"}}), d), ['"my map"', "' '", "my_map"]),
+    "labels differing in case": (lambda r, m, d, o: (_methods(m, {"map": {}, "MAP": {"method": "map"}}), d),
+                                 ["[methods.map] and [methods.MAP]", "differ only in case"]),
+    "rank above the width, adapter-core SWAG": (lambda r, m, d, o: (_methods(
+        m, {"map": {}, "swag": {"space": "adapter"}}, lora={"r": 40}), d),
+        ["methods.swag", "LoRA rank 40", "attention.self.query's weight (32, 32)", "r ≤ 32", "lora.r = 40"]),
+    "rank above the width, LoRA-XS VI": (lambda r, m, d, o: (_methods(
+        m, {"map": {}, "vi": {"kind": "projected"}}, lora={"r": 33}), d), ["methods.vi", "LoRA rank 33", "r ≤ 32"]),
+    "lora.layers out of range": (lambda r, m, d, o: (_methods(m, {"map": {}}, lora={"layers": [0, 5]}), d),
+                                 ["lora.layers = [0, 5]", "5 out of range", "2 layers", "valid indices 0..1"]),
+    "empty model folder": (lambda r, m, d, o: (_methods(_model_folder(r, "m0", drop=[
+        "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]), {"map": {}}), d),
+        ["m0 is empty", "config.json", "save_pretrained"]),
+    "model folder without weights": (lambda r, m, d, o: (_methods(_model_folder(r, "m1", drop=[
+        "model.safetensors"]), {"map": {}}), d), ["m1 has no weights", "it holds config.json, tokenizer.json"]),
+    "model folder without a vocabulary": (lambda r, m, d, o: (_methods(_model_folder(r, "m2", drop=[
+        "tokenizer.json"]), {"map": {}}), d), ["m2 has no tokenizer vocabulary"]),
+    "model config without model_type": (lambda r, m, d, o: (_methods(_model_folder(
+        r, "m3", config='{"hidden_size": 32}'), {"map": {}}), d), ["m3/config.json has no model_type"]),
+    "model config not JSON": (lambda r, m, d, o: (_methods(_model_folder(r, "m4", config="{oops"), {"map": {}}), d),
+                              ["m4/config.json is not valid JSON", "line 1, column 2"]),
+    "truncated model weights": (lambda r, m, d, o: (_methods(_model_folder(r, "m5", weights=100), {"map": {}}), d),
+                                ["m5", "not a readable safetensors file"]),
 }
 
 

@@ -274,3 +274,25 @@ def test_projected_methods_refuse_without_a_projected_map(tiny_ctx, method):
     bare = dataclasses.replace(ctx, projected=None)
     with pytest.raises(ValueError, match=r"fit_projected_map\(\)"):
         fit(method, bare, **OPTIONS[method])
+
+
+@pytest.mark.parametrize("method,options,refused", [
+    ("laplace", {}, True), ("laplace", {"space": "adapter"}, True), ("laplace", {"space": "full"}, False),
+    ("swag", {"space": "adapter"}, True), ("swag", {"space": "subnetwork"}, False),
+    ("vi", {}, True), ("vi", {"kind": "blob"}, False), ("map", {}, False), ("curve", {}, False),
+])
+def test_backends_check_ranks_against_the_model_before_fitting(method, options, refused):
+    """A core space (r×r between rank-r SVD factors) needs r ≤ each adapted weight's smaller side;
+    ``Backend.check`` says so from shapes alone, naming the module and the largest rank allowed."""
+    from scenarios import tiny_peft_model
+
+    from bayes_lora.inference.registry import get_backend
+
+    wide = tiny_peft_model(r=40)  # the tiny BERT is 32 wide
+    check = lambda: get_backend(method).check(options, wide)
+    if refused:
+        with pytest.raises(ValueError, match=r"LoRA rank 40 exceeds .*query's weight \(32, 32\).*needs r ≤ 32"):
+            check()
+    else:
+        check()
+    get_backend(method).check(options, tiny_peft_model(r=32))  # at the limit: allowed

@@ -194,7 +194,7 @@ def test_layers_adapt_only_those_layers(setup):
         bare = add_lora(tiny_family_model(setup.family), LoraSettings(r=2, layers=(2,), train_head=False), "classifier")
         trainable = [n for n, p in bare.named_parameters() if p.requires_grad]
         assert len(trainable) == 2 * len(setup.bb.lora.target_modules) and all(".lora_" in n for n in trainable)
-    with pytest.raises(ValueError, match=r"layers \[3\] are out of range.*0\.\.2"):
+    with pytest.raises(ValueError, match=r"lora\.layers = \[2, 3\]: 3 out of range; .* has 3 layers, valid indices 0\.\.2"):
         add_lora(tiny_family_model(setup.family, setup.kind), LoraSettings(r=2, layers=(2, 3)), setup.kind)
 
 
