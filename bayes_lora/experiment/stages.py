@@ -47,9 +47,10 @@ class StageStore:
         if not f.is_file():
             return None
         try:
-            return json.loads(f.read_text())
-        except (OSError, json.JSONDecodeError):
+            m = json.loads(f.read_text())
+        except (OSError, ValueError):  # unreadable, not UTF-8 or not JSON: damaged, the stage runs again
             return None
+        return m if isinstance(m, dict) else None
 
     def done(self, name: str, key: str) -> bool:
         """True when the stage finished with this key and every file still has its checksum."""

@@ -126,6 +126,20 @@ def test_inputs_recorded_with_digests(setup):
     assert all(len(v["sha256"]) == 64 and os.path.isabs(v["path"]) for v in inputs.values())
 
 
+@pytest.mark.parametrize("damage", [lambda b: bytes([b[0] ^ 0xFF]) + b[1:], lambda b: b[: len(b) // 2],
+                                    lambda b: b"[1, 2]"], ids=["not UTF-8", "not JSON", "not a table"])
+def test_a_damaged_stage_manifest_reruns_its_stage(setup, run_copy, damage):
+    """A damaged manifest.json means an unfinished stage, run again (found by
+    test_run_folder_property.py: one byte gone bad ended the run with exit 2, "utf-8 codec can't
+    decode"; JSON that is not a table, with an AttributeError traceback)."""
+    _root, _model_dir, data_dir, cfg, base = setup
+    m = run_copy / "stages" / "fit__map" / "manifest.json"
+    m.write_bytes(damage(m.read_bytes()))
+    assert main(_argv(cfg, run_copy, data_dir)) == 0
+    assert _stages(run_copy) == {"anchor:0": "skipped", "fit:map": "ran", "eval:map": "skipped"}
+    assert _results(run_copy)["methods"]["map"]["nll"] == _results(base)["methods"]["map"]["nll"]
+
+
 # ---------------------------------------------------------------- 2. data folder precedence
 def test_env_var_beats_shared_data_of_the_current_folder(setup, run_copy, tmp_path, monkeypatch, capsys):
     _root, _model_dir, data_dir, cfg, _base = setup
