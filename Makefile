@@ -18,11 +18,15 @@ $(VENV)/.installed: pyproject.toml
 demo: $(VENV)/.installed
 	$(PY) -m bayes_lora run $(CONFIG) --out $(OUT) $(if $(DATA),--data-dir $(DATA),)
 
+# the tests run one thread each, so one worker per core (at most 4: each holds torch and a model);
+# --dist loadfile keeps a file's tests, and its module fixtures, in one worker
+XDIST := -n auto --maxprocesses 4 --dist loadfile
+
 test: $(VENV)/.installed
-	$(PY) -m pytest -q -m "not slow" --durations=15 tests
+	$(PY) -m pytest -q -m "not slow" $(XDIST) --durations=15 tests
 
 test-all: $(VENV)/.installed
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q $(XDIST) tests
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check bayes_lora tests benchmarks

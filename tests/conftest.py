@@ -11,6 +11,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+# One JAX compilation cache for the whole pytest run, shared with the CLI subprocesses and notebook
+# kernels through the environment: NumPyro recompiles the same NUTS program for every call and
+# every process (a run and its resumed rerun, the fixtures of one comparison model), and a hit
+# skips that (compiled code only; the numbers are the same). Removed at the end of the run.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+
+    _jax_cache = tempfile.mkdtemp(prefix="bayes-lora-tests-jax-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _jax_cache
+    atexit.register(shutil.rmtree, _jax_cache, True)
+
 import torch
 
 # tiny models: one thread is fastest (threads fight each other on a busy 2-core machine)

@@ -226,8 +226,9 @@ def write_tiny_single_thread_run(root, methods: dict):
 
     model_dir, data_dir = write_tiny_run_setup(root)
     cfg = root / "c.toml"
-    cfg.write_text(dump_toml(tiny_run_config(model_dir, anchors={"count": 3}, methods=methods,
-                                             runtime={"threads": 1, "progress": False})))
+    config = tiny_run_config(model_dir, anchors={"count": 3}, runtime={"threads": 1, "progress": False})
+    config["methods"] = methods  # exactly these (a table argument would be merged into the defaults)
+    cfg.write_text(dump_toml(config))
     return cfg, data_dir, {**os.environ, "OMP_NUM_THREADS": "1"}
 
 

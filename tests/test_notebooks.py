@@ -117,9 +117,10 @@ def _check_committed_outputs(name, nb) -> None:
         assert _outputs(tagged[tag]).count(mime) >= least, f"{name}: committed cell {tag!r} lacks its {mime} output"
 
 
-#: the default suite executes 02 (the runner's pipeline) and 04 (the library alone); 01 and 03 run
-#: with the slow tests (``make test-all``): the same kinds of call, another minute of kernel time
-SLOW = {"01_curve_valleys.ipynb", "03_arviz_diagnostics.ipynb"}
+#: the default suite executes 02 (the runner's pipeline, the library's fit/evaluate on its stages);
+#: 01, 03 and 04 (the library alone: its calls are tested in tests/models/test_user_models.py) run
+#: with the slow tests (``make test-all``): the same kinds of call, two more minutes of kernel time
+SLOW = {"01_curve_valleys.ipynb", "03_arviz_diagnostics.ipynb", "04_write_your_own_posterior.ipynb"}
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in EXPECTED])
