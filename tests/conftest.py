@@ -22,6 +22,7 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 
     _jax_cache = tempfile.mkdtemp(prefix="bayes-lora-tests-jax-")
     os.environ["JAX_COMPILATION_CACHE_DIR"] = _jax_cache
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")  # the many small programs too
     atexit.register(shutil.rmtree, _jax_cache, True)
 
 import torch
