@@ -46,7 +46,8 @@ def evaluate(
 
     ``metrics`` holds :data:`METRICS`, ``fit_seconds``, ``predict_seconds``, ``num_samples``
     and, with an OOD task, ``ood_auroc`` (mutual information as the score) and
-    ``ood_auroc_entropy`` (predictive entropy as the score). For a classification task it
+    ``ood_auroc_entropy`` (predictive entropy as the score), ``ood_mutual_information`` and
+    ``ood_entropy`` (their means on the OOD set). For a classification task it
     also holds ``mcc`` (Matthews correlation) and ``per_class_accuracy`` (a list in class
     order); the choices of a multiple-choice question are no classes, so it has neither.
     """
@@ -72,6 +73,11 @@ def evaluate(
         h_out, _, mi_out = M.uncertainty_decomposition(ood_pred.probs)
         out["ood_auroc"] = M.ood_auroc(mi_in, mi_out)
         out["ood_auroc_entropy"] = M.ood_auroc(h_in, h_out)
+        # the mean uncertainty out of distribution, beside the test set's ``mutual_information`` and
+        # ``entropy``: whether (and by how much) a method's epistemic part grows outside the
+        # fine-tuning distribution (BayesLoRA's claim)
+        out["ood_mutual_information"] = float(mi_out.mean())
+        out["ood_entropy"] = float(h_out.mean())
     return Evaluation(pred, out, ood_pred, task=test, seed=int(seed))
 
 

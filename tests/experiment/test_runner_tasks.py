@@ -105,9 +105,25 @@ def test_a_declared_pair_task_with_string_labels_runs_end_to_end(setup, tmp_path
 
     saved = Runner(load_config(path), out).predictions("map")
     assert m["map"]["mcc"] == pytest.approx(matthews_corrcoef(saved["probs"], saved["labels"]))
+    # the OOD means are those of the saved OOD predictions, tabulated in the report with their ratio
+    from bayes_lora.diagnostics.metrics import ood_auroc, uncertainty_decomposition
+
+    ens = Runner(load_config(path), out).predictions("ensemble")
+    h_in, _, mi_in = uncertainty_decomposition(ens["probs"])
+    h_out, _, mi_out = uncertainty_decomposition(ens["ood_probs"])
+    e = m["ensemble"]
+    assert e["ood_mutual_information"] == pytest.approx(float(mi_out.mean()))
+    assert e["ood_entropy"] == pytest.approx(float(h_out.mean()))
+    assert e["ood_auroc"] == pytest.approx(ood_auroc(mi_in, mi_out))
+    assert m["map"]["ood_mutual_information"] == 0.0 and m["map"]["ood_auroc"] == 0.5  # one draw: no MI
     report = (out / "report.md").read_text()
     assert "0 = alpha, 1 = beta, 2 = delta, 3 = gamma" in report
     assert "| method | alpha | beta | delta | gamma |" in report
+    ratio = e["ood_mutual_information"] / e["mutual_information"]
+    assert (f"| ensemble | {e['mutual_information']:.4f} | {e['ood_mutual_information']:.4f} | {ratio:.2f} | "
+            f"{e['entropy']:.4f} | {e['ood_entropy']:.4f} | {e['ood_auroc']:.4f} | {e['ood_auroc_entropy']:.4f} |"
+            ) in report
+    assert "## In- vs out-of-distribution (other)" in report
     assert "[data.task]" in (out / "resolved_config.toml").read_text()
 
 
