@@ -371,6 +371,10 @@ class ExperimentConfig:
             raise ConfigError(f"a curve needs at least two anchors (its end points), but anchors.count = {a.count}; "
                               "set anchors.count ≥ 2 or remove the curve methods")
         for m in self.methods.values():
+            anchor = m.options.get("anchor")
+            if isinstance(anchor, int) and not 0 <= anchor < a.count:
+                raise ConfigError(f"methods.{m.label}.anchor = {anchor} but anchors.count = {a.count}: the anchors "
+                                  f"are 0..{a.count - 1}")
             if m.method == "ensemble" and int(m.options.get("members", a.count) or a.count) > a.count:
                 raise ConfigError(f"methods.{m.label}.members = {m.options['members']} but only "
                                   f"anchors.count = {a.count} anchors are trained")

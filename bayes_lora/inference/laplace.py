@@ -365,9 +365,50 @@ def _subset(task: EncodedTask, subset: int | None, seed: int) -> EncodedTask:
     return task.subset(index)
 
 
+def _check_options(space, hessian, prior, predictive, link, temperature, tensors):
+    """The space and Hessian structure of these options, or a ValueError naming the option."""
+    kind = _choice(SpaceKind, space, "space")
+    hessian = hessian or ("kron" if kind in (SpaceKind.FULL, SpaceKind.SUBNETWORK) else "full")
+    structure = _choice(HessianStructure, hessian, "hessian")
+    _choice(Predictive, predictive, "predictive")
+    _choice(Link, link, "link")
+    if isinstance(prior, str):
+        if prior != "marglik":
+            raise ValueError(f"laplace: prior must be 'marglik' or a float ≥ 0, got {prior!r}")
+    elif not (isinstance(prior, (int, float)) and math.isfinite(prior) and prior >= 0):
+        raise ValueError(f"laplace: a fixed prior precision must be a float ≥ 0, got {prior!r}")
+    if isinstance(temperature, bool) or not (isinstance(temperature, (int, float)) and math.isfinite(temperature)
+                                             and temperature > 0):
+        raise ValueError(f"laplace: temperature must be a float > 0, got {temperature!r}")
+
+    if tensors is not None and kind is not SpaceKind.SUBNETWORK:
+        raise ValueError(f"laplace: tensors= picks the free tensors of space='subnetwork', not of space={space!r}")
+    if kind not in (SpaceKind.FULL, SpaceKind.SUBNETWORK) and structure is HessianStructure.KRON:
+        raise ValueError(
+            f"laplace: hessian='kron' is not supported on the {kind.value} space: its latent is one "
+            "flat vector with no linear layers to factor (K-FAC would reduce to one dense "
+            "block); use hessian='full' there (d is small), or space='full' for K-FAC over the "
+            "LoRA tensors"
+        )
+    return kind, structure
+
+
+def _check(options, model) -> None:
+    """Every option of a Laplace fit that can be checked without training (:meth:`Backend.check`):
+    values and their combinations, the ranks a core space needs, the ``tensors`` patterns."""
+    from ..lora.params import ParamLayout
+
+    o = options
+    kind, _ = _check_options(o["space"], o["hessian"], o["prior"], o["predictive"], o["link"], o["temperature"],
+                             o["tensors"])
+    check_space("space")(o, model)
+    if kind is SpaceKind.SUBNETWORK and o["tensors"] is not None:
+        MaskedSpace.check_patterns(ParamLayout.from_model(model), o["tensors"])
+
+
 @register("laplace", LaplacePosterior, choices={"space": SpaceKind, "hessian": HessianStructure,
                                               "predictive": Predictive, "link": Link},
-          needs=needs_for_space("space"), check=check_space("space"))
+          needs=needs_for_space("space"), check=_check)
 def fit_laplace(
     ctx: FitContext,
     *,
@@ -423,30 +464,8 @@ def fit_laplace(
         from laplace.curvature import CurvlinopsGGN, GGNInterface
 
     start = time.perf_counter()
-    kind = _choice(SpaceKind, space, "space")
-    hessian = hessian or ("kron" if kind in (SpaceKind.FULL, SpaceKind.SUBNETWORK) else "full")
-    structure = _choice(HessianStructure, hessian, "hessian")
-    _choice(Predictive, predictive, "predictive")
-    _choice(Link, link, "link")
-    if isinstance(prior, str):
-        if prior != "marglik":
-            raise ValueError(f"laplace: prior must be 'marglik' or a float ≥ 0, got {prior!r}")
-    elif not (isinstance(prior, (int, float)) and math.isfinite(prior) and prior >= 0):
-        raise ValueError(f"laplace: a fixed prior precision must be a float ≥ 0, got {prior!r}")
-    if isinstance(temperature, bool) or not (isinstance(temperature, (int, float)) and math.isfinite(temperature)
-                                             and temperature > 0):
-        raise ValueError(f"laplace: temperature must be a float > 0, got {temperature!r}")
-
-    if tensors is not None and kind is not SpaceKind.SUBNETWORK:
-        raise ValueError(f"laplace: tensors= picks the free tensors of space='subnetwork', not of space={space!r}")
+    kind, structure = _check_options(space, hessian, prior, predictive, link, temperature, tensors)
     fm = ctx.fm
-    if kind not in (SpaceKind.FULL, SpaceKind.SUBNETWORK) and structure is HessianStructure.KRON:
-        raise ValueError(
-            f"laplace: hessian='kron' is not supported on the {kind.value} space: its latent is one "
-            "flat vector with no linear layers to factor (K-FAC would reduce to one dense "
-            "block); use hessian='full' there (d is small), or space='full' for K-FAC over the "
-            "LoRA tensors"
-        )
     if kind is SpaceKind.PROJECTED:
         pm = ctx.require_projected()
         param_space: ParameterSpace = pm.space

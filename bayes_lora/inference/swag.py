@@ -253,8 +253,25 @@ def _steps_per_epoch(n: int, batch_size: int) -> int:
     return math.ceil(n / batch_size)
 
 
+def _check_options(snapshots, space) -> SpaceKind:
+    """The space of these options, or a ValueError naming the option."""
+    if snapshots < 2:
+        raise ValueError(f"SWAG needs snapshots ≥ 2, got {snapshots}")
+    kind = SpaceKind(space)
+    if kind is SpaceKind.SUBNETWORK:
+        raise ValueError("swag: space='subnetwork' is a Laplace space; SWAG runs in 'projected', 'adapter' or 'full'")
+    return kind
+
+
+def _check(options, model) -> None:
+    """What a SWAG fit can check without training (:meth:`Backend.check`): the options and the
+    ranks a core space needs."""
+    _check_options(options["snapshots"], options["space"])
+    check_space("space")(options, model)
+
+
 @register("swag", SwagPosterior, choices={"space": SpaceKind, "covariance": Covariance},
-          needs=needs_for_space("space"), check=check_space("space"))
+          needs=needs_for_space("space"), check=_check)
 def fit_swag(
     ctx: FitContext,
     *,
@@ -284,11 +301,7 @@ def fit_swag(
         (LoRA vector θ from the anchor).
     seed: batch order of the SWAG run (default ``ctx.seed``).
     """
-    if snapshots < 2:
-        raise ValueError(f"SWAG needs snapshots ≥ 2, got {snapshots}")
-    kind = SpaceKind(space)
-    if kind is SpaceKind.SUBNETWORK:
-        raise ValueError("swag: space='subnetwork' is a Laplace space; SWAG runs in 'projected', 'adapter' or 'full'")
+    kind = _check_options(snapshots, space)
     covariance = Covariance(covariance).value
     seed = ctx.seed if seed is None else int(seed)
     batch_size = batch_size or ctx.train_config.batch_size

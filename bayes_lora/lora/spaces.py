@@ -115,10 +115,10 @@ class MaskedSpace(ParameterSpace):
             else:
                 self._pieces[name] = (free.nonzero().squeeze(1), pos[free])
 
-    @classmethod
-    def from_names(cls, layout: ParamLayout, base: Tensor, patterns: Sequence[str]) -> MaskedSpace:
-        """The tensors of ``layout`` whose names match any of the glob ``patterns`` (``fnmatch``,
-        case-sensitive), every coordinate of each, around ``base``."""
+    @staticmethod
+    def check_patterns(layout: ParamLayout, patterns: Sequence[str]) -> None:
+        """A ValueError unless ``patterns`` is a non-empty list of glob strings each matching some
+        tensor of ``layout`` (shapes and names only: cheap, run before any training)."""
         if isinstance(patterns, str) or not patterns or not all(isinstance(p, str) for p in patterns):
             raise ValueError(f"tensor patterns must be a non-empty list of glob strings, got {patterns!r}")
         unused = [p for p in patterns if not any(fnmatchcase(n, p) for n in layout.names)]
@@ -126,6 +126,12 @@ class MaskedSpace(ParameterSpace):
             raise ValueError(
                 f"tensor patterns {unused} match none of θ's tensors; they are: {list(layout.names)}"
             )
+
+    @classmethod
+    def from_names(cls, layout: ParamLayout, base: Tensor, patterns: Sequence[str]) -> MaskedSpace:
+        """The tensors of ``layout`` whose names match any of the glob ``patterns`` (``fnmatch``,
+        case-sensitive), every coordinate of each, around ``base``."""
+        cls.check_patterns(layout, patterns)
         return cls._whole_tensors(layout, base, lambda name: any(fnmatchcase(name, p) for p in patterns))
 
     @staticmethod

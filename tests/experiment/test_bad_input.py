@@ -98,6 +98,17 @@ CASES = {
         ["methods.swag", "LoRA rank 40", "attention.self.query's weight (32, 32)", "r ≤ 32", "lora.r = 40"]),
     "rank above the width, LoRA-XS VI": (lambda r, m, d, o: (_methods(
         m, {"map": {}, "vi": {"kind": "projected"}}, lora={"r": 33}), d), ["methods.vi", "LoRA rank 33", "r ≤ 32"]),
+    "laplace tensors matching nothing": (lambda r, m, d, o: (_methods(m, {"map": {}, "laplace": {
+        "space": "subnetwork", "hessian": "lowrank", "tensors": ["*.layer.7.*"]}}), d),
+        ["methods.laplace", "['*.layer.7.*'] match none of θ's tensors"]),
+    "laplace K-FAC on a core space": (lambda r, m, d, o: (_methods(m, {"map": {}, "laplace": {
+        "space": "adapter", "hessian": "kron"}}), d), ["methods.laplace", "hessian='kron' is not supported"]),
+    "laplace tensors outside the subnetwork space": (lambda r, m, d, o: (_methods(m, {"map": {}, "laplace": {
+        "space": "full", "tensors": ["*classifier*"]}}), d), ["methods.laplace", "space='subnetwork'"]),
+    "swag with one snapshot": (lambda r, m, d, o: (_methods(m, {"map": {}, "swag": {"snapshots": 1}}), d),
+                               ["methods.swag", "snapshots ≥ 2"]),
+    "anchor index past the anchors": (lambda r, m, d, o: (_methods(m, {"map": {}, "laplace": {
+        "space": "full", "anchor": 2}}), d), ["methods.laplace.anchor = 2", "anchors.count = 2", "0..1"]),
     "lora.layers out of range": (lambda r, m, d, o: (_methods(m, {"map": {}}, lora={"layers": [0, 5]}), d),
                                  ["lora.layers = [0, 5]", "5 out of range", "2 layers", "valid indices 0..1"]),
     "empty model folder": (lambda r, m, d, o: (_methods(_model_folder(r, "m0", drop=[

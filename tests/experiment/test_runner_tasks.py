@@ -115,6 +115,7 @@ def test_a_declared_pair_task_with_string_labels_runs_end_to_end(setup, tmp_path
     assert e["ood_mutual_information"] == pytest.approx(float(mi_out.mean()))
     assert e["ood_entropy"] == pytest.approx(float(h_out.mean()))
     assert e["ood_auroc"] == pytest.approx(ood_auroc(mi_in, mi_out))
+    assert e["ood_auroc_entropy"] == pytest.approx(ood_auroc(h_in, h_out))
     assert m["map"]["ood_mutual_information"] == 0.0 and m["map"]["ood_auroc"] == 0.5  # one draw: no MI
     report = (out / "report.md").read_text()
     assert "0 = alpha, 1 = beta, 2 = delta, 3 = gamma" in report

@@ -278,7 +278,7 @@ def test_projected_methods_refuse_without_a_projected_map(tiny_ctx, method):
 
 @pytest.mark.parametrize("method,options,refused", [
     ("laplace", {}, True), ("laplace", {"space": "adapter"}, True), ("laplace", {"space": "full"}, False),
-    ("swag", {"space": "adapter"}, True), ("swag", {"space": "subnetwork"}, False),
+    ("swag", {"space": "adapter"}, True), ("swag", {"space": "full"}, False),
     ("vi", {}, True), ("vi", {"kind": "blob"}, False), ("map", {}, False), ("curve", {}, False),
 ])
 def test_backends_check_ranks_against_the_model_before_fitting(method, options, refused):
