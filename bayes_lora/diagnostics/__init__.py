@@ -24,6 +24,7 @@ from bayes_lora.diagnostics.metrics import (
     risk_coverage,
     summarize,
     uncertainty_decomposition,
+    variance_shares,
 )
 
 #: Lazily re-exported names → the submodule that defines them.
@@ -45,6 +46,7 @@ _LAZY = {
     "rank_plot": "plots",
     "reliability_diagram": "plots",
     "risk_coverage_plot": "plots",
+    "spectrum_plot": "plots",
     "trace_plot": "plots",
 }
 
@@ -90,9 +92,11 @@ __all__ = [
     "risk_coverage",
     "risk_coverage_plot",
     "save_idata",
+    "spectrum_plot",
     "summarize",
     "to_inference_data",
     "trace_plot",
     "uncertainty_decomposition",
+    "variance_shares",
     "waic",
 ]

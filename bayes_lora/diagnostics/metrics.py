@@ -12,6 +12,7 @@ Only torch and numpy are used.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +37,7 @@ __all__ = [
     "risk_coverage",
     "summarize",
     "uncertainty_decomposition",
+    "variance_shares",
 ]
 
 #: Largest allowed |Σ_c p_c − 1| of any probability row.
@@ -598,3 +600,11 @@ def summarize(probs: Any, labels: Any) -> dict[str, float]:
         "aurc": _risk_coverage(pbar, y, None).aurc,
     }
     return out
+
+
+def variance_shares(spectrum: Mapping[str, Any], ks: Sequence[int] = (1, 3, 10)) -> dict[int, float]:
+    """Share of a covariance's variance (its trace) in its ``k`` largest eigen-directions, from a
+    ``covariance_spectrum()`` dict (a lower bound when the spectrum is not ``exact``)."""
+    eig = np.asarray(spectrum["eigenvalues"], dtype=np.float64)
+    trace = float(spectrum["trace"])
+    return {k: float(eig[:k].sum() / trace) if trace > 0 else float("nan") for k in ks}

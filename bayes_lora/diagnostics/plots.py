@@ -11,6 +11,7 @@ function                   shows
 :func:`reliability_diagram`  accuracy against confidence per bin, ECE in the title
 :func:`path_plot`          loss and accuracy along straight lines and curves, barriers in the legend
 :func:`mi_histogram`       mutual information in- vs out-of-distribution, AUROC in the title
+:func:`spectrum_plot`      a covariance's eigenvalues: share of the variance per direction, cumulative
 :func:`risk_coverage_plot`  selective-prediction risk against coverage, AURC in the legend
 :func:`trace_plot`         ``arviz.plot_trace`` of the posterior (first coordinates only)
 :func:`rank_plot`          ``arviz.plot_rank`` (rank histograms per chain)
@@ -41,6 +42,7 @@ __all__ = [
     "rank_plot",
     "reliability_diagram",
     "risk_coverage_plot",
+    "spectrum_plot",
     "trace_plot",
 ]
 
@@ -234,6 +236,37 @@ def mi_histogram(
         ax.set_xscale("log")
     ax.set(xlabel="mutual information (nats)", ylabel="density")
     ax.set_title(f"{title} — OOD AUROC {auroc:.3f}")
+    ax.legend()
+    return _finish(fig, path, dpi)
+
+
+def spectrum_plot(
+    spectrum: Mapping[str, Any],
+    *,
+    title: str = "Covariance spectrum",
+    path: Any = None,
+    dpi: int = DPI,
+) -> Figure:
+    """A covariance's largest eigenvalues as shares of its trace (bars) and their cumulative share
+    (line): how few directions hold the variance.
+
+    Parameters
+    ----------
+    spectrum : mapping
+        ``eigenvalues`` (descending), ``trace``, ``dim`` and ``exact``, as returned by a
+        posterior's ``covariance_spectrum()``.
+    """
+    eig = np.asarray(spectrum["eigenvalues"], dtype=np.float64)
+    share = eig / float(spectrum["trace"])
+    k = np.arange(1, len(eig) + 1)
+    fig = _figure((6.5, 4.2))
+    ax = fig.subplots()
+    ax.bar(k, share, color="C0", alpha=0.6, label="share of the variance")
+    ax.plot(k, np.cumsum(share), "o-", color="C3", ms=3, label="cumulative")
+    ax.set(xlabel="eigen-direction (largest first)", ylabel="share of the trace", ylim=(0, 1.02))
+    bound = "" if spectrum.get("exact", True) else " (low-rank part: lower bounds)"
+    ax.set_title(f"{title}: d = {spectrum['dim']}, top {min(3, len(eig))} hold "
+                 f"{share[:3].sum():.0%}{bound}")
     ax.legend()
     return _finish(fig, path, dpi)
 

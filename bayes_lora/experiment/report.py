@@ -110,6 +110,10 @@ def _figures(runner, results: dict) -> list[tuple[str, str]]:
             _, _, mi_out = M.uncertainty_decomposition(v["ood_probs"])
             save(f"mi_{label}.png", f"Mutual information in- vs out-of-distribution ({label})",
                  lambda p, a=mi_in, b=mi_out, label=label: plots.mi_histogram(a, b, title=f"MI, {label}", path=p))
+    for label, m in results["methods"].items():
+        if m.get("covariance_spectrum"):
+            save(f"spectrum_{label}.png", f"Covariance spectrum of {label}: share of the variance per eigen-direction",
+                 lambda p, sp=m["covariance_spectrum"], label=label: plots.spectrum_plot(sp, title=label, path=p))
     from ..diagnostics.idata import load_idata
 
     for label, m in runner.cfg.methods.items():
@@ -149,6 +153,7 @@ def _markdown(runner, results: dict, rows: list[dict], figures: list[tuple[str, 
             lines.append(f"| {k} | " + " | ".join("–" if a is None else f"{a:.4f}" for a in accs) + " |")
         lines.append("")
     lines += _ood_lines(results)
+    lines += _spectrum_lines(results)
     mcmc = {k: m for k, m in results["methods"].items() if "r_hat" in m}
     if mcmc:
         lines += ["## MCMC diagnostics of the curve position t", "",
@@ -172,6 +177,23 @@ def _markdown(runner, results: dict, rows: list[dict], figures: list[tuple[str, 
         for name, caption in figures:
             lines += [f"![{caption}](figures/{name})", "", f"*{caption}*", ""]
     return "\n".join(lines)
+
+
+def _spectrum_lines(results: dict) -> list[str]:
+    """How few directions hold each Gaussian posterior's variance (B-LoRA-XS's low-rank claim)."""
+    from ..diagnostics.metrics import variance_shares
+
+    rows = {k: m["covariance_spectrum"] for k, m in results["methods"].items() if m.get("covariance_spectrum")}
+    if not rows:
+        return []
+    lines = ["## Covariance spectra", "", "| method | d | top 1 | top 3 | top 10 | exact |", "|---|---:|---:|---:|---:|---|"]
+    for k, sp in rows.items():
+        sh = variance_shares(sp)
+        lines.append(f"| {k} | {sp['dim']} | {sh[1]:.1%} | {sh[3]:.1%} | {sh[10]:.1%} | "
+                     f"{'yes' if sp['exact'] else 'lower bounds'} |")
+    lines += ["", ("Share of the posterior covariance's variance (its trace) in its largest eigen-directions; "
+                   "`figures/spectrum_<method>.png` shows the spectrum."), ""]
+    return lines
 
 
 def _ood_lines(results: dict) -> list[str]:

@@ -481,7 +481,9 @@ class Runner:
             if diag.get("num_divergences", 0) > 0 or diag.get("r_hat", 1.0) > 1.01 or diag.get("ess_bulk", 1e9) < 100:
                 self.log(f"[eval:{label}] warning: MCMC diagnostics of t — R-hat {diag['r_hat']:.3f}, bulk ESS "
                          f"{diag['ess_bulk']:.0f}, {diag.get('num_divergences', 0)} divergent transitions")
-            atomic_write_json(folder / "metrics.json", {**e.metrics, **diag, "loo": loo_summary(idata)})
+            spectrum = post.covariance_spectrum()  # a Gaussian's: how few directions hold its variance
+            atomic_write_json(folder / "metrics.json", {**e.metrics, **diag, "loo": loo_summary(idata),
+                                                        **({"covariance_spectrum": spectrum} if spectrum else {})})
             save_idata(idata, folder / "idata.nc")
             if chains is not None:
                 save_idata(chains, folder / "chains.nc")

@@ -367,6 +367,12 @@ class Posterior:
         self.options = dict(options or {})
         self.info = info or FitInfo()
 
+    def covariance_spectrum(self) -> dict[str, Any] | None:
+        """For a Gaussian posterior with a covariance of its own: how its variance spreads over
+        directions (``eigenvalues``: the largest, descending; ``trace``; ``dim``; ``exact``).
+        ``None`` for the others (the default)."""
+        return None
+
     # --- draws for InferenceData -----------------------------------------------------------
     def thinned(self, max_draws: int) -> Posterior:
         """At most ``max_draws`` of the draws, chain by chain (see the class doc). A sampled

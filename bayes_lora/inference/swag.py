@@ -209,6 +209,29 @@ class SwagPosterior(Posterior):
             cov = cov + factor @ factor.T
         return cov
 
+    def covariance_spectrum(self, top: int = 32, max_dim: int = 4096) -> dict:
+        """The eigenvalues of the covariance sampled (times ``scale``), the ``top`` largest,
+        descending, with its trace: how much of the variance a few directions hold (B-LoRA-XS:
+        low-rank weight covariances suffice).
+
+        Exact (a dense eigendecomposition) for d ≤ ``max_dim``. Above it, the eigenvalues of the
+        low-rank part L Lᵀ alone (from the K × K Gram matrix LᵀL), each a lower bound of the
+        covariance's (Weyl: adding the PSD diagonal raises every eigenvalue); ``exact`` says which.
+        """
+        std, factor = _factors(self.var, self.deviations, self.covariance_kind, self.scale)
+        trace = (0.0 if std is None else float(std.double().pow(2).sum())) + (
+            0.0 if factor is None else float(factor.double().pow(2).sum()))
+        d = self.space.dim
+        if d <= max_dim:
+            eig = torch.linalg.eigvalsh(self.covariance().double()).flip(0)
+            exact = True
+        else:
+            eig = (torch.linalg.eigvalsh(factor.double().T @ factor.double()).flip(0) if factor is not None
+                   else std.double().pow(2).sort(descending=True).values)
+            exact = factor is None
+        eig = eig.clamp_min(0.0)[:top]
+        return {"eigenvalues": [float(v) for v in eig], "trace": trace, "dim": d, "exact": exact}
+
     def sample_latents(self, n: int, *, seed: int = 0) -> Tensor:
         """Draws w [n, d] in the space's coordinates."""
         return swag_sample(

@@ -78,6 +78,13 @@ def test_every_output_is_written_and_loadable(finished):
     assert not (out / "idata" / "chains" / "vi.nc").exists()  # sampled approximations keep no chains
     assert (out / "figures" / "paths.png").stat().st_size > 1000
     assert (out / "figures" / "risk_coverage.png").is_file()
+    # the Gaussian with a covariance of its own (SWAG) reports how few directions hold its variance
+    sp = res["methods"]["swag"]["covariance_spectrum"]
+    assert sp["exact"] and sp["eigenvalues"] == sorted(sp["eigenvalues"], reverse=True) and sp["trace"] > 0
+    assert [k for k, m in res["methods"].items() if "covariance_spectrum" in m] == ["swag"]
+    top1 = sp["eigenvalues"][0] / sp["trace"]
+    assert f"| swag | {sp['dim']} | {top1:.1%} |" in report and "## Covariance spectra" in report
+    assert (out / "figures" / "spectrum_swag.png").stat().st_size > 1000
     assert (out / "resolved_config.toml").is_file()
 
 
