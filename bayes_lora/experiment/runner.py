@@ -548,8 +548,9 @@ class Runner:
             return False
         diffs, mine = [], self.cfg.digest()
         if old.get("config_hash") != mine:
+            changes = self._config_changes()
             diffs.append(f"another config ({old.get('name')!r}, hash {old.get('config_hash')}; this run: "
-                         f"{self.cfg.name!r}, hash {mine})")
+                         f"{self.cfg.name!r}, hash {mine}" + (f"; changed: {changes}" if changes else "") + ")")
         theirs = (old.get("data") or {}).get("inputs")
         if isinstance(theirs, dict):  # runs before data digests were recorded: the config decides
             theirs = {r: (v.get("sha256") or v.get("source", "")) if isinstance(v, dict) else v
@@ -567,6 +568,29 @@ class Runner:
                              "--force to replace it (stages that depend on what changed are recomputed)")
         self.log(f"--force: {self.out} holds the finished run of {what}; its results are replaced")
         return True
+
+    def _config_changes(self, most: int = 6) -> str:
+        """The keys whose values differ between the folder's config.json and this run's config,
+        ``key: old → new`` ('' when config.json is missing or unreadable)."""
+        try:
+            old = json.loads((self.out / "config.json").read_text())["config"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return ""
+
+        def flat(d, prefix=""):
+            out = {}
+            for k, v in d.items() if isinstance(d, dict) else ():
+                if isinstance(v, dict) and v:
+                    out.update(flat(v, f"{prefix}{k}."))
+                else:
+                    out[f"{prefix}{k}"] = v
+            return out
+
+        a, b = flat(old), flat(self.cfg.to_dict())
+        missing = object()
+        keys = [k for k in sorted(set(a) | set(b)) if a.get(k, missing) != b.get(k, missing)]
+        shown = [f"{k}: {a.get(k, '(none)')!r} → {b.get(k, '(none)')!r}" for k in keys[:most]]
+        return ", ".join(shown) + (f", … ({len(keys)} keys)" if len(keys) > most else "")
 
     def _run(self, main: bool) -> dict:
         from .report import write_report

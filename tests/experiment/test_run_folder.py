@@ -185,6 +185,7 @@ def test_a_finished_run_of_another_config_is_refused_unless_forced(setup, run_co
     err = capsys.readouterr().err
     old_hash, new_hash = _results(base)["config_hash"], ExperimentConfig.from_dict(_config(model_dir, name="renamed")).digest()
     assert "another config ('tiny', hash " + old_hash in err and f"'renamed', hash {new_hash}" in err
+    assert "changed: name: 'tiny' → 'renamed')" in err  # the keys that differ, from config.json
     assert "--force" in err and "Traceback" not in err
     assert json.loads((run_copy / "config.json").read_text()) == json.loads((base / "config.json").read_text())
     assert main(_argv(renamed, run_copy, data_dir, "--force")) == 0
