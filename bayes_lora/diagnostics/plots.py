@@ -256,6 +256,8 @@ def spectrum_plot(
         ``eigenvalues`` (descending), ``trace``, ``dim`` and ``exact``, as returned by a
         posterior's ``covariance_spectrum()``.
     """
+    from bayes_lora.diagnostics.metrics import variance_shares
+
     eig = np.asarray(spectrum["eigenvalues"], dtype=np.float64)
     share = eig / float(spectrum["trace"])
     k = np.arange(1, len(eig) + 1)
@@ -265,8 +267,8 @@ def spectrum_plot(
     ax.plot(k, np.cumsum(share), "o-", color="C3", ms=3, label="cumulative")
     ax.set(xlabel="eigen-direction (largest first)", ylabel="share of the trace", ylim=(0, 1.02))
     bound = "" if spectrum.get("exact", True) else " (low-rank part: lower bounds)"
-    ax.set_title(f"{title}: d = {spectrum['dim']}, top {min(3, len(eig))} hold "
-                 f"{share[:3].sum():.0%}{bound}")
+    top3 = variance_shares(spectrum, (3,))[3]
+    ax.set_title(f"{title}: d = {spectrum['dim']}, top {min(3, len(eig))} hold {top3:.0%}{bound}")
     ax.legend()
     return _finish(fig, path, dpi)
 

@@ -250,7 +250,8 @@ _RESERVED = {"ctx", "curve"}
 
 #: a method label names its stage folders, InferenceData and plot files: letters, digits and
 #: ``_ . + -``, starting with a letter or digit (no path separators, no spaces)
-LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
+_LABEL_CHARS = "A-Za-z0-9_.+-"
+LABEL = re.compile(f"[A-Za-z0-9][{_LABEL_CHARS}]*")
 
 
 def _check_labels(labels) -> None:
@@ -258,11 +259,11 @@ def _check_labels(labels) -> None:
     seen: dict[str, str] = {}
     for label in labels:
         if not LABEL.fullmatch(label):
-            bad = sorted({ch for ch in label if not re.fullmatch(r"[A-Za-z0-9_.+-]", ch)})
+            bad = sorted(set(re.sub(f"[{_LABEL_CHARS}]", "", label)))
             why = (f"contains {', '.join(map(repr, bad))}" if bad else "must start with a letter or digit")
             raise ConfigError(f"[methods.{json.dumps(label)}]: a method label names its files; it {why}. Use letters, "
                               "digits and _ . + - (starting with a letter or digit), e.g. "
-                              f"[methods.{re.sub(r'[^A-Za-z0-9_.+-]+', '_', label).strip('_.+-') or 'mine'}]")
+                              f"[methods.{re.sub(f'[^{_LABEL_CHARS}]+', '_', label).strip('_.+-') or 'mine'}]")
         if label.lower() in seen:
             raise ConfigError(f"[methods.{seen[label.lower()]}] and [methods.{label}] differ only in case: their "
                               "files would be one on a case-insensitive file system; rename one")

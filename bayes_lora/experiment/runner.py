@@ -259,14 +259,15 @@ class Runner:
         return self.prep
 
     def _check_methods(self, model) -> None:
-        """Every method's options against the model's shapes (e.g. a LoRA rank its core space
-        allows), so that nothing is trained for a run that would fail at a later method."""
+        """Every method's options against the model (:meth:`Backend.check`: values, their
+        combinations, the LoRA rank a core space allows, tensor names), so that nothing is trained
+        for a run that would fail at a later method."""
         for label in self.cfg.methods:
             backend, options = self.method_options(label)
             try:
                 backend.check(options, model)
             except ValueError as e:
-                raise ConfigError(f"methods.{label}: {e} (lora.r = {self.cfg.lora.r})") from None
+                raise ConfigError(f"methods.{label}: {e}") from None
 
     def _prefix_cache(self, fm, tr, te, oo):
         try:

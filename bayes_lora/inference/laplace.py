@@ -87,13 +87,13 @@ from torch import Tensor, nn
 
 from ..lora.batched import can_fold, per_example_jacobians
 from ..lora.params import FunctionalModel
-from ..lora.spaces import FullSpace, MaskedSpace, ParameterSpace
+from ..lora.spaces import FullSpace, MaskedSpace, ParameterSpace, check_core_ranks
 from ..types import Batch, EncodedTask, FitInfo, Prediction, over_batches
 from .base import (
+    CORE_SPACES,
     FitContext,
     Posterior,
     SpaceKind,
-    check_space,
     needs_for_space,
     space_from_state,
     space_state,
@@ -401,7 +401,8 @@ def _check(options, model) -> None:
     o = options
     kind, _ = _check_options(o["space"], o["hessian"], o["prior"], o["predictive"], o["link"], o["temperature"],
                              o["tensors"])
-    check_space("space")(o, model)
+    if kind.value in CORE_SPACES:
+        check_core_ranks(model)
     if kind is SpaceKind.SUBNETWORK and o["tensors"] is not None:
         MaskedSpace.check_patterns(ParamLayout.from_model(model), o["tensors"])
 

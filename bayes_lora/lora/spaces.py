@@ -226,7 +226,8 @@ def check_core_ranks(model: nn.Module, layout: ParamLayout | None = None) -> Non
         more = f" (and {len(bad) - 1} more module{'s' * (len(bad) > 2)})" if len(bad) > 1 else ""
         smallest = min(min(s) for _p, _r, s in bad)
         raise ValueError(f"LoRA rank {r} exceeds the size of {path}'s weight {shape}{more}: an r×r core "
-                         f"space (LoRA-XS cores, or the cores around an adapter's update) needs r ≤ {smallest}")
+                         f"space (LoRA-XS cores, or the cores around an adapter's update) needs r ≤ {smallest} "
+                         f"(lora.r = {r})")
 
 
 class ProjectedSpace(ParameterSpace):
