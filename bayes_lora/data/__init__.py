@@ -5,15 +5,20 @@ registered ones: :func:`get_task`, :func:`task_names`) and load a split (:meth:`
 :func:`load_task`; or :func:`load_sst2`, :func:`load_multiple_choice`, the generic
 :func:`load_text_classification` / :func:`load_arc_jsonl`) into an immutable
 container, then :func:`encode` it with a tokenizer into an
-:class:`~bayes_lora.types.EncodedTask` (:class:`EncodedClassification` or
-:class:`EncodedMultipleChoice`) that yields batches and class logits.
+:class:`~bayes_lora.types.EncodedTask` (:class:`EncodedClassification`, or
+:class:`PackedMultipleChoice` for a causal LM) that yields batches and class logits.
 
 The benchmark files live outside the repository; :func:`resolve_data_dir` finds them.
 """
 
 from bayes_lora.data.arc import load_arc_jsonl
 from bayes_lora.data.batching import batch_to
-from bayes_lora.data.choice import EncodedMultipleChoice, format_prompt
+from bayes_lora.data.choice import (
+    EncodedMultipleChoice,
+    PackedMultipleChoice,
+    format_prompt,
+    packing_error,
+)
 from bayes_lora.data.containers import (
     MultipleChoiceData,
     TextClassificationData,
@@ -53,6 +58,7 @@ __all__ = [
     "EncodedClassification",
     "EncodedMultipleChoice",
     "MultipleChoiceData",
+    "PackedMultipleChoice",
     "TaskSpec",
     "TextClassificationData",
     "as_ood_texts",
@@ -66,6 +72,7 @@ __all__ = [
     "load_task",
     "load_task_data",
     "load_text_classification",
+    "packing_error",
     "register_task",
     "resolve_data_dir",
     "subsample_indices",

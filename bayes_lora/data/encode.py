@@ -2,8 +2,9 @@
 
 * :class:`EncodedClassification`: a sequence classifier's inputs; class logits are the
   model's logits.
-* :class:`EncodedMultipleChoice` (defined in :mod:`bayes_lora.data.choice`): every choice scored by
-  a causal LM's length-normalised log-likelihood.
+* :class:`PackedMultipleChoice` and :class:`EncodedMultipleChoice` (defined in
+  :mod:`bayes_lora.data.choice`): every choice scored by a causal LM's length-normalised
+  log-likelihood, one row per question (the prompt once) or one row per choice.
 
 Sequences are stored right-padded to the longest in the data set; every batch is trimmed to the
 longest sequence it holds (dynamic padding). :func:`encode` picks the right class for a loaded
@@ -24,11 +25,11 @@ from bayes_lora.data.batching import (
     pad_token_id,
     used_length,
 )
-from bayes_lora.data.choice import EncodedMultipleChoice
+from bayes_lora.data.choice import EncodedMultipleChoice, PackedMultipleChoice
 from bayes_lora.data.containers import MultipleChoiceData, TextClassificationData
 from bayes_lora.types import Batch, ForwardFn
 
-__all__ = ["EncodedClassification", "EncodedMultipleChoice", "encode"]
+__all__ = ["EncodedClassification", "EncodedMultipleChoice", "PackedMultipleChoice", "encode"]
 
 
 class EncodedClassification(EncodedTaskBase):
@@ -159,8 +160,9 @@ class EncodedClassification(EncodedTaskBase):
 
 
 def encode(
-    data: TextClassificationData | MultipleChoiceData, tokenizer: Any, *, max_length: int = 128
-) -> EncodedClassification | EncodedMultipleChoice:
+    data: TextClassificationData | MultipleChoiceData, tokenizer: Any, *, max_length: int = 128,
+    packed: bool = True,
+) -> EncodedClassification | PackedMultipleChoice | EncodedMultipleChoice:
     """Tokenise a loaded data set into the matching :class:`~bayes_lora.types.EncodedTask`.
 
     Parameters
@@ -170,17 +172,23 @@ def encode(
     tokenizer : transformers tokenizer
         Any callable tokenizer with the Hugging Face interface.
     max_length : int
-        Maximum number of tokens per sequence.
+        Maximum number of tokens per sequence (multiple choice: of the prompt and one choice).
+    packed : bool
+        Multiple choice only: one row per question holding the prompt once and every choice
+        (:class:`PackedMultipleChoice`, the same scores for a fraction of the compute), or one
+        row per choice (:class:`EncodedMultipleChoice`, for a model whose attention ignores a
+        custom 4-D mask; :func:`~bayes_lora.data.choice.packing_error` tells).
 
     Returns
     -------
-    EncodedClassification or EncodedMultipleChoice
+    EncodedClassification, PackedMultipleChoice or EncodedMultipleChoice
         For text classification or multiple choice respectively.
     """
     if isinstance(data, TextClassificationData):
         return EncodedClassification.from_data(data, tokenizer, max_length=max_length)
     if isinstance(data, MultipleChoiceData):
-        return EncodedMultipleChoice.from_data(data, tokenizer, max_length=max_length)
+        cls = PackedMultipleChoice if packed else EncodedMultipleChoice
+        return cls.from_data(data, tokenizer, max_length=max_length)
     raise TypeError(
         f"cannot encode {type(data).__name__}; expected TextClassificationData or "
         "MultipleChoiceData"

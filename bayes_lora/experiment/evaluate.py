@@ -83,10 +83,8 @@ def evaluate(
 
 def _is_multiple_choice(task) -> bool:
     """Whether ``task`` (or the task a cache wraps) scores the choices of questions."""
-    from ..data.choice import EncodedMultipleChoice
-
     while task is not None:
-        if isinstance(task, EncodedMultipleChoice):
+        if getattr(task, "multiple_choice", False):
             return True
         task = getattr(task, "task", None)
     return False

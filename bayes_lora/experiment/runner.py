@@ -241,7 +241,8 @@ class Runner:
         n_classes = getattr(train, "num_classes", None) or train.num_choices
         bb = load_backbone(c.model.name, kind=c.model.kind, num_labels=n_classes, lora=lora)
         self._check_methods(bb.model)
-        enc = lambda ds: encode(ds, bb.tokenizer, max_length=c.model.max_length)
+        packed = c.model.kind != "causal_lm" or self._packing_works(bb, train)
+        enc = lambda ds: encode(ds, bb.tokenizer, max_length=c.model.max_length, packed=packed)
         tr, te = enc(train), enc(test)
         oo = enc(ood) if ood is not None else None
         fm = FunctionalModel(bb.model)
@@ -257,6 +258,20 @@ class Runner:
         if c.anchors.path:  # checked against the model now, before anything is written
             self._given = self._given_anchors()
         return self.prep
+
+    def _packing_works(self, bb, train) -> bool:
+        """Whether the model scores packed questions (the prompt once, every choice after it) as
+        it scores one row per choice, on two training questions; if not (an attention kernel
+        that ignores custom masks), the run scores one row per choice and says so."""
+        from ..data import packing_error
+
+        err = packing_error(bb.model, train, bb.tokenizer, max_length=self.cfg.model.max_length)
+        dtype = next(bb.model.parameters()).dtype
+        if err <= (1e-4 if dtype in (torch.float32, torch.float64) else 5e-2):
+            return True
+        self.log(f"packed multiple choice disagrees with one row per choice by {err:.3g}: this model's "
+                 "attention ignores custom masks, so every choice gets its own row (slower)")
+        return False
 
     def _check_methods(self, model) -> None:
         """Every method's options against the model (:meth:`Backend.check`: values, their

@@ -152,8 +152,11 @@ def _lengths(batch: dict) -> tuple[Tensor, int, int]:
     if rows % b:
         raise ValueError(f"a batch of {b} examples has {rows} input rows (not a multiple)")
     k = rows // b
-    if "attention_mask" in inputs:
-        mask = inputs["attention_mask"].reshape(b, k, t).bool().any(1)  # [B, T]
+    # a task whose attention_mask is not one per token (packed choices: [B, 1, T, T]) gives its
+    # tokens in ``token_mask``
+    per_token = batch["token_mask"] if "token_mask" in batch else inputs.get("attention_mask")
+    if per_token is not None:
+        mask = per_token.reshape(b, k, t).bool().any(1)  # [B, T]
         pos = torch.arange(1, t + 1, device=mask.device)
         lengths = (mask * pos).amax(-1).clamp_min(1)
     else:

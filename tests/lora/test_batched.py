@@ -54,7 +54,8 @@ def test_folded_logits_equal_the_loop_on_the_prefix_cached_suffix():
                                atol=1e-5, rtol=1e-5)
 
 
-def test_folded_logits_equal_the_loop_on_a_multiple_choice_causal_lm():
+@pytest.mark.parametrize("packed", [True, False])
+def test_folded_logits_equal_the_loop_on_a_multiple_choice_causal_lm(packed):
     from scenarios import tiny_tokenizer
 
     from bayes_lora.data import MultipleChoiceData, encode
@@ -64,7 +65,7 @@ def test_folded_logits_equal_the_loop_on_a_multiple_choice_causal_lm():
                   kind="causal_lm")
     fm = FunctionalModel(lm)
     ds = MultipleChoiceData("toy", ("the film was",) * 6, (("good", "bad", "fine"),) * 6, (0, 1, 2, 0, 1, 2), 3)
-    task = encode(ds, tiny_tokenizer(with_cls=False), max_length=16)
+    task = encode(ds, tiny_tokenizer(with_cls=False), max_length=16, packed=packed)
     batch = next(iter(task.batches(4)))
     thetas = _thetas(fm, 3)
     folded = folded_class_logits(fm, task, batch, thetas)
@@ -133,7 +134,8 @@ def test_per_example_jacobians_equal_jacrev_on_a_peft_classifier(space_kind):
     assert (jac[0] - jac[1]).abs().max() > 1e-3, "two examples must have different Jacobians"
 
 
-def test_per_example_jacobians_equal_jacrev_on_a_multiple_choice_causal_lm():
+@pytest.mark.parametrize("packed", [True, False])
+def test_per_example_jacobians_equal_jacrev_on_a_multiple_choice_causal_lm(packed):
     from scenarios import tiny_tokenizer
 
     from bayes_lora.data import MultipleChoiceData, encode
@@ -145,8 +147,8 @@ def test_per_example_jacobians_equal_jacrev_on_a_multiple_choice_causal_lm():
                   kind="causal_lm")
     fm = FunctionalModel(lm)
     ds = MultipleChoiceData("toy", ("the film was", "it was a", "so"), (("good", "bad", "fine"),) * 3, (0, 1, 2), 3)
-    task = encode(ds, tiny_tokenizer(with_cls=False), max_length=16)
-    batch = next(iter(task.batches(3)))  # 3 questions × 3 choices = 9 rows, question-major
+    task = encode(ds, tiny_tokenizer(with_cls=False), max_length=16, packed=packed)
+    batch = next(iter(task.batches(3)))  # 3 rows (packed) or 3 questions × 3 choices = 9, question-major
     space, w = FullSpace(fm.layout), _thetas(fm, 1)[0]
     jac, _ = per_example_jacobians(fm, space, task, batch, w)
     ref, _ = _jacrev(fm, space, task, batch, w)

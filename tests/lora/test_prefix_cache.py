@@ -63,9 +63,9 @@ CHOICES = (
 )
 
 
-def mc_task() -> EncodedMultipleChoice:
+def mc_task(packed: bool = True) -> EncodedMultipleChoice:
     data = MultipleChoiceData("toy_mc", QUESTIONS, CHOICES, (0, 2, 1, 0, 2, 1, 0), 3)
-    return encode(data, tiny_tokenizer(with_cls=False), max_length=32)
+    return encode(data, tiny_tokenizer(with_cls=False), max_length=32, packed=packed)
 
 
 def random_thetas(fm: FunctionalModel, n: int, seed: int = 1) -> torch.Tensor:
@@ -82,17 +82,28 @@ def bert():
     return fm, task, sfm, cached
 
 
-@pytest.fixture(scope="module")
-def llama():
+def _llama(packed: bool):
     lora = LoraSettings(r=4, alpha=8, layers=(2, 3), target_modules=("q_proj", "v_proj"))
     model = add_lora(tiny_llama4(), lora, "causal_lm").eval()
     fm = FunctionalModel(model)
-    task = mc_task()
+    task = mc_task(packed)
     sfm, cached = with_prefix_cache(fm, task)
     return fm, task, sfm, cached
 
 
-@pytest.fixture(params=["bert", "llama"])
+@pytest.fixture(scope="module")
+def llama():
+    """Packed questions (the prompt once, every choice after it)."""
+    return _llama(packed=True)
+
+
+@pytest.fixture(scope="module")
+def llama_rows():
+    """One row per choice."""
+    return _llama(packed=False)
+
+
+@pytest.fixture(params=["bert", "llama", "llama_rows"])
 def setup(request):
     return request.getfixturevalue(request.param)
 
@@ -136,7 +147,7 @@ def test_cached_task_is_an_encoded_task(setup):
     ref = next(iter(task.batches(5)))
     assert set(batch) == set(ref)
     emb = batch["inputs"]["inputs_embeds"]
-    assert emb.shape[:2] == ref["inputs"]["attention_mask"].shape and emb.shape[-1] == 32
+    assert emb.shape[:2] == ref["inputs"]["input_ids"].shape and emb.shape[-1] == 32
     assert torch.equal(batch["inputs"]["attention_mask"], ref["inputs"]["attention_mask"])
 
 
