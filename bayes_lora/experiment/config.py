@@ -133,6 +133,10 @@ class ModelConfig:
                                                       "name in KNOWN_MODELS (nothing is downloaded)")
     kind: str = option("classifier", choices=("classifier", "causal_lm"))
     max_length: int = option(64, ge=8, le=4096)
+    dtype: str = option("float32", choices=("float32", "bfloat16", "float16"),
+                        doc="the frozen base weights' type; θ (adapters, heads, latents, curve control points) "
+                            "stays float32. bfloat16 / float16 halve the weights' memory (a GPU run) and change "
+                            "the numbers at their rounding; float32 = the CPU results of docs/results.md")
 
 
 @dataclass(frozen=True)
@@ -234,6 +238,10 @@ class RuntimeConfig:
     progress: bool = option(True)
     checkpoint_every: int = option(25, ge=0, doc="optimiser steps between checkpoints inside long "
                                   "training stages (anchors, curve, projected MAP, SWAG); 0 = none")
+    device: str = option("cpu", choices=("cpu", "cuda", "auto"),
+                         doc="where the model, the data and the caches live: 'cuda' (refused with exit 2 when no "
+                             "GPU is visible), 'auto' = cuda when torch.cuda.is_available() else cpu; the default "
+                             "'cpu' keeps a config's numbers the same on every machine. --device overrides it")
 
 
 @dataclass(frozen=True)
