@@ -36,6 +36,11 @@ class ConfigError(ValueError):
     """A config that cannot be run; the message names the key and what is allowed."""
 
 
+#: keys added to a table after runs were made, with their defaults: left out of
+#: :meth:`ExperimentConfig.digest` at the default (the hash of a config that does not use them is
+#: the hash it had before they existed)
+LATER_KEYS = {("model", "dtype"): "float32", ("runtime", "device"): "cpu"}
+
 #: keys that moved, so that an older config gets told where
 MOVED = {"curve.path_points": "paths.points", "curve.path_examples": "paths.examples"}
 
@@ -425,8 +430,13 @@ class ExperimentConfig:
         return d
 
     def digest(self, *parts: str) -> str:
-        """A short hash of the named parts of the config (all of it when none are named)."""
+        """A short hash of the named parts of the config (all of it when none are named). Keys
+        added after runs were made (:data:`LATER_KEYS`) are left out at their default, so that
+        those runs' folders and stages keep their hashes."""
         d = self.to_dict()
+        for (table, key), default in LATER_KEYS.items():
+            if d[table].get(key) == default:
+                del d[table][key]
         sel = d if not parts else {p: _select(d, p) for p in parts}
         return hash_json(sel)
 

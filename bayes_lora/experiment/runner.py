@@ -99,17 +99,9 @@ class Runner:
         self.free_memory = free_memory
 
     # ------------------------------------------------------------------ keys ---------------
-    def _model_digest(self) -> str:
-        """The [model] table's digest, without ``dtype`` when it is the default float32: the stages
-        of a run made before ``model.dtype`` existed keep their keys, another dtype gets its own."""
-        c = self.cfg
-        if c.model.dtype != "float32":
-            return c.digest("model")
-        return hash_json({"model": {k: v for k, v in c.to_dict()["model"].items() if k != "dtype"}})
-
     def key(self, stage: str, method: str | int | None = None) -> str:
         c = self.cfg
-        data = hash_json({"model": self._model_digest(), "data": c.digest("data"), "seed": c.seed,
+        data = hash_json({"model": c.digest("model"), "data": c.digest("data"), "seed": c.seed,
                           "format": STAGES_FORMAT, "inputs": self.input_digests()})
         # a given anchors file is one of the inputs: its contents are in ``data`` already
         anchors = hash_json([data, c.digest("lora"), c.digest("anchors"), list(c.anchor_seeds)])

@@ -282,3 +282,14 @@ def test_bfloat16_run_end_to_end_on_cpu(tmp_path, qwen_dir):
         assert all(math.isfinite(v) for v in m.values() if isinstance(v, float)), m
     saved = json.loads((tmp_path / "out" / "config.json").read_text())["config"]
     assert saved["model"]["dtype"] == "bfloat16" and saved["runtime"]["device"] == "auto"
+
+
+def test_new_keys_at_their_defaults_keep_the_hashes_of_older_runs():
+    """model.dtype and runtime.device are left out of the digests at their defaults: the [model]
+    digest of the default config is the one it had before they existed (stage keys, run folders)."""
+    cfg = ExperimentConfig.from_dict({"methods": {"map": {}}})
+    assert cfg.digest("model") == "5d6df0bf43a63a32"  # measured on the code before model.dtype
+    bf16 = cfg.with_overrides(model={"dtype": "bfloat16"})
+    gpu = cfg.with_overrides(runtime={"device": "cuda"})
+    assert bf16.digest("model") != cfg.digest("model")  # another dtype: other numbers, other stages
+    assert gpu.digest("model") == cfg.digest("model") and gpu.digest() != cfg.digest()
