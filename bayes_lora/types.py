@@ -85,12 +85,20 @@ class Prediction:
 
     Attributes
     ----------
-    probs: Tensor[S, N, C], probabilities of every posterior sample s for every example.
-    labels: LongTensor[N] or None, the true labels when known.
+    probs: Tensor[S, N, C], probabilities of every posterior sample s for every example (in host
+        memory: a GPU's are copied there).
+    labels: LongTensor[N] or None, the true labels when known (likewise).
     """
 
     probs: Tensor
     labels: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        # results live in host memory, whatever device computed them: metrics, ArviZ and the saved
+        # files read them there (a no-op for CPU tensors)
+        object.__setattr__(self, "probs", self.probs.cpu())
+        if self.labels is not None:
+            object.__setattr__(self, "labels", self.labels.cpu())
 
     @property
     def mean(self) -> Tensor:

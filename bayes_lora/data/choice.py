@@ -15,6 +15,7 @@ from torch import Tensor
 
 from bayes_lora.data.batching import (
     EncodedTaskBase,
+    batch_to,
     logits_of,
     pad_right,
     pad_token_id,
@@ -463,7 +464,9 @@ def packing_error(forward: ForwardFn, data: MultipleChoiceData, tokenizer: Any, 
                               contexts=data.contexts[:n] if data.contexts else None)
     packed = PackedMultipleChoice.from_data(head, tokenizer, max_length=max_length)
     plain = EncodedMultipleChoice.from_data(head, tokenizer, max_length=max_length)
+    weights = next(forward.parameters(), None) if isinstance(forward, torch.nn.Module) else None
+    device = weights.device if weights is not None else torch.device("cpu")
     with torch.no_grad():
-        a = packed.class_logits(forward, packed.full_batch())
-        b = plain.class_logits(forward, plain.full_batch())
+        a = packed.class_logits(forward, batch_to(packed.full_batch(), device))
+        b = plain.class_logits(forward, batch_to(plain.full_batch(), device))
     return float((a - b).abs().max())

@@ -1,6 +1,7 @@
 """``bayes-lora`` / ``python -m bayes_lora``: run a config, or tabulate finished runs.
 
-    bayes-lora run [CONFIG] [--out DIR] [--data-dir DIR] [--smoke] [--force] [--debug]
+    bayes-lora run [CONFIG] [--out DIR] [--data-dir DIR] [--device cpu|cuda|auto] [--smoke] [--force] [--debug]
+    bayes-lora validate CONFIG [CONFIG ...] [--device cpu|cuda|auto]
     bayes-lora compare DIR [DIR ...]
 
 Bad input (a config error, a missing data file, mismatched anchors, a run folder in use or
@@ -18,6 +19,9 @@ from pathlib import Path
 #: errors that mean "your input is wrong", not "bayes_lora is broken"
 EXIT_BAD_INPUT = 2
 
+#: the values of --device (those of runtime.device)
+DEVICE_CHOICES = ("cpu", "cuda", "auto")
+
 
 def default_config_path() -> Path:
     """The embedded default config (the same file as ``configs/default.toml``)."""
@@ -33,11 +37,18 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--data-dir", default=None, help="the data folder: the built-in tasks' files (sst2/, rte/, "
                    "cola/, arc_easy/, ...) and the start of a [data.task]'s relative paths (default: "
                    "$BAYES_LORA_DATA_DIR, else ../shared/data of the current folder or of the repository)")
+    r.add_argument("--device", default=None, choices=DEVICE_CHOICES, help="where the model, data and caches "
+                   "live (overrides runtime.device; auto = cuda when a GPU is visible, else cpu)")
     r.add_argument("--smoke", action="store_true", help="the same stages at toy sizes (seconds)")
     r.add_argument("--force", action="store_true", help="reuse an --out that holds the finished run of another "
                    "config or other data (its results are replaced; stages keyed differently are recomputed)")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.add_argument("--debug", action="store_true", help="show tracebacks")
+    v = sub.add_parser("validate", help="check configs without running them (keys, values, tasks, methods; "
+                       "the memory estimate when the model is on this machine)")
+    v.add_argument("configs", nargs="+")
+    v.add_argument("--device", default=None, choices=DEVICE_CHOICES, help="check with this runtime.device")
+    v.add_argument("--debug", action="store_true")
     c = sub.add_parser("compare", help="tabulate finished runs")
     c.add_argument("dirs", nargs="+")
     c.add_argument("--csv", default=None, help="also write the table as CSV")
@@ -63,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "compare":
             return _compare(args)
+        if args.command == "validate":
+            return _validate(args)
         return _run(args)
     except KeyboardInterrupt:
         print("interrupted: finished stages are kept; run the same command again to resume", file=sys.stderr)
@@ -83,7 +96,7 @@ def _run(args) -> int:
     from .runner import Runner
 
     path = Path(args.config) if args.config else default_config_path()
-    cfg = load_config(path)  # a bad config fails here, before any process is started
+    cfg = _with_device(load_config(path), args.device)  # a bad config fails here, before any process is started
     relaunch_under_torchrun(sys.argv[1:])
     out = Path(args.out) if args.out else Path("runs") / (cfg.name + ("-smoke" if args.smoke else ""))
     # --data-dir > $BAYES_LORA_DATA_DIR > ../shared/data (resolved by the Runner, which logs and records it)
@@ -95,6 +108,51 @@ def _run(args) -> int:
     from .report import markdown_table, results_table
 
     print(markdown_table(results_table(results), ("ood_auroc",) if results.get("ood_task") else ()))
+    return 0
+
+
+def _with_device(cfg, device: str | None):
+    """``cfg`` with ``runtime.device`` set by ``--device`` (unchanged without it)."""
+    return cfg if device is None else cfg.with_overrides(runtime={"device": device})
+
+
+def _validate(args) -> int:
+    """Load and check every config (what ``run`` checks before loading anything) and the device it
+    asks for; print its memory estimate when its model folder is on this machine. The first bad
+    config stops with exit code 2 naming it and the key. A config asking for a GPU this machine
+    lacks is valid (a note says so: it is meant for another machine), unless ``--device`` asked
+    for that device here."""
+    import torch
+
+    from ..lora.backbone import resolve_model_path
+    from ..lora.device import resolve_device
+    from .config import ConfigError, load_config
+    from .runner import memory_estimate
+
+    for name in args.configs:
+        cfg = _with_device(load_config(name), args.device)
+        try:
+            device = resolve_device(cfg.runtime.device)
+        except ValueError as e:
+            if args.device is not None:  # asked for on the command line: for this machine
+                raise ConfigError(f"{name}: {e}") from None
+            # a GPU config checked on a machine without one: valid, but it runs elsewhere
+            print(f"{name}: note: runtime.device = 'cuda' but torch sees no GPU here: `run` would stop with exit "
+                  "code 2 on this machine (the config is for a GPU machine)")
+            device = torch.device("cuda")
+        line = (f"{name}: ok ({cfg.name}: {cfg.model.kind} {cfg.model.name!r} in {cfg.model.dtype} on "
+                f"{cfg.runtime.device} -> {device}; task {cfg.data.task_name()}"
+                + (f", OOD {cfg.data.task_name('ood_task')}" if cfg.data.ood_task else "")
+                + f"; methods {', '.join(cfg.methods)})")
+        print(line)
+        try:
+            resolve_model_path(cfg.model.name)
+        except (FileNotFoundError, ValueError) as e:
+            print(f"  memory estimate: skipped, the model is not on this machine ({str(e).split(';')[0]})")
+            continue
+        est = memory_estimate(cfg, device, choices=4)  # the data are not read here
+        what = "4 choices a question, " if cfg.model.kind == "causal_lm" else ""
+        print(f"  memory estimate ({what}prefix caches left out): {est.describe()}")
     return 0
 
 

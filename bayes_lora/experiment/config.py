@@ -36,6 +36,11 @@ class ConfigError(ValueError):
     """A config that cannot be run; the message names the key and what is allowed."""
 
 
+#: keys added to a table after runs were made, with their defaults: left out of
+#: :meth:`ExperimentConfig.digest` at the default (the hash of a config that does not use them is
+#: the hash it had before they existed)
+LATER_KEYS = {("model", "dtype"): "float32", ("runtime", "device"): "cpu"}
+
 #: keys that moved, so that an older config gets told where
 MOVED = {"curve.path_points": "paths.points", "curve.path_examples": "paths.examples"}
 
@@ -133,6 +138,10 @@ class ModelConfig:
                                                       "name in KNOWN_MODELS (nothing is downloaded)")
     kind: str = option("classifier", choices=("classifier", "causal_lm"))
     max_length: int = option(64, ge=8, le=4096)
+    dtype: str = option("float32", choices=("float32", "bfloat16", "float16"),
+                        doc="the frozen base weights' type; θ (adapters, heads, latents, curve control points) "
+                            "stays float32. bfloat16 / float16 halve the weights' memory (a GPU run) and change "
+                            "the numbers at their rounding; float32 = the CPU results of docs/results.md")
 
 
 @dataclass(frozen=True)
@@ -234,6 +243,10 @@ class RuntimeConfig:
     progress: bool = option(True)
     checkpoint_every: int = option(25, ge=0, doc="optimiser steps between checkpoints inside long "
                                   "training stages (anchors, curve, projected MAP, SWAG); 0 = none")
+    device: str = option("cpu", choices=("cpu", "cuda", "auto"),
+                         doc="where the model, the data and the caches live: 'cuda' (refused with exit 2 when no "
+                             "GPU is visible), 'auto' = cuda when torch.cuda.is_available() else cpu; the default "
+                             "'cpu' keeps a config's numbers the same on every machine. --device overrides it")
 
 
 @dataclass(frozen=True)
@@ -417,8 +430,13 @@ class ExperimentConfig:
         return d
 
     def digest(self, *parts: str) -> str:
-        """A short hash of the named parts of the config (all of it when none are named)."""
+        """A short hash of the named parts of the config (all of it when none are named). Keys
+        added after runs were made (:data:`LATER_KEYS`) are left out at their default, so that
+        those runs' folders and stages keep their hashes."""
         d = self.to_dict()
+        for (table, key), default in LATER_KEYS.items():
+            if d[table].get(key) == default:
+                del d[table][key]
         sel = d if not parts else {p: _select(d, p) for p in parts}
         return hash_json(sel)
 

@@ -75,7 +75,7 @@ class Runner:
 
     def __init__(self, cfg: ExperimentConfig, out: str | Path, *, data_dir: str | None = None,
                  smoke: bool = False, log: Callable[[str], None] = _log_default, progress: bool | None = None,
-                 force: bool = False):
+                 force: bool = False, free_memory: Callable[[torch.device], tuple[int, int]] | None = None):
         from ..data.paths import find_data_dir
 
         self.cfg = smoke_config(cfg) if smoke else cfg
@@ -95,6 +95,8 @@ class Runner:
         self.progress = self.cfg.runtime.progress if progress is None else progress
         self.store = StageStore(self.out)
         self.prep: Prepared | None = None
+        # (free, total) bytes of the run's device; None: torch.cuda.mem_get_info on a GPU, no check on a CPU
+        self.free_memory = free_memory
 
     # ------------------------------------------------------------------ keys ---------------
     def key(self, stage: str, method: str | int | None = None) -> str:
@@ -216,11 +218,13 @@ class Runner:
         """Load data and model and check everything checkable; no training yet."""
         from ..data import as_ood_texts, encode
         from ..lora.backbone import LoraSettings, load_backbone
+        from ..lora.device import task_to
         from ..lora.params import FunctionalModel
 
         c = self.cfg
         if c.runtime.threads:
             torch.set_num_threads(c.runtime.threads)
+        device = self.device()
         d = c.data
         spec = d.task_spec
         kw = {"data_dir": self.data_dir, "seed": c.seed}
@@ -239,15 +243,19 @@ class Runner:
                             target_modules=tuple(c.lora.target_modules), train_head=c.lora.train_head,
                             layers=tuple(c.lora.layers) or None)
         n_classes = getattr(train, "num_classes", None) or train.num_choices
-        bb = load_backbone(c.model.name, kind=c.model.kind, num_labels=n_classes, lora=lora)
+        self._check_memory(device, [x for x in (train, test, ood) if x is not None])  # before loading weights
+        bb = load_backbone(c.model.name, kind=c.model.kind, num_labels=n_classes, lora=lora, dtype=c.model.dtype,
+                           device=device)
         self._check_methods(bb.model)
         packed = c.model.kind != "causal_lm" or self._packing_works(bb, train)
-        enc = lambda ds: encode(ds, bb.tokenizer, max_length=c.model.max_length, packed=packed)
+        enc = lambda ds: task_to(encode(ds, bb.tokenizer, max_length=c.model.max_length, packed=packed), device)
         tr, te = enc(train), enc(test)
         oo = enc(ood) if ood is not None else None
         fm = FunctionalModel(bb.model)
         if c.runtime.prefix_cache:
             fm, tr, te, oo = self._prefix_cache(fm, tr, te, oo)
+            tr, te = task_to(tr, device), task_to(te, device)  # the caches (built in host memory) too
+            oo = task_to(oo, device) if oo is not None else None
         info = {"train_examples": len(tr), "test_examples": len(te), "ood_examples": 0 if oo is None else len(oo),
                 "lora_numbers": int(fm.layout.dim), "task": spec.to_dict(),
                 "label_names": list(classes) if classes is not None else None}
@@ -272,6 +280,34 @@ class Runner:
         self.log(f"packed multiple choice disagrees with one row per choice by {err:.3g}: this model's "
                  "attention ignores custom masks, so every choice gets its own row (slower)")
         return False
+
+    def device(self) -> torch.device:
+        """The run's device (``runtime.device``, which ``--device`` sets); a ConfigError naming the
+        key when it asks for a GPU that torch does not see."""
+        from ..lora.device import resolve_device
+
+        try:
+            return resolve_device(self.cfg.runtime.device)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+
+    def _check_memory(self, device: torch.device, tasks) -> None:
+        """Log the memory estimate and refuse (ConfigError, exit 2) a run the device cannot hold:
+        a GPU's free memory (``torch.cuda.mem_get_info``) or the runner's ``free_memory``."""
+        from ..lora.memory import check_fits
+
+        c = self.cfg
+        k = max((int(getattr(t, "num_choices", 1)) for t in tasks), default=1)
+        try:
+            estimate = memory_estimate(c, device, choices=k, examples=sum(len(t) for t in tasks))
+        except (OSError, ValueError, KeyError, TypeError) as e:  # the model's size cannot be told: no check
+            self.log(f"memory estimate: unavailable ({type(e).__name__}: {e})")
+            return
+        self.log(f"memory estimate on {device} ({self.cfg.model.dtype} weights): {estimate.describe()}")
+        try:
+            check_fits(estimate, device, self.free_memory)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
 
     def _check_methods(self, model) -> None:
         """Every method's options against the model (:meth:`Backend.check`: values, their
@@ -694,6 +730,30 @@ class Runner:
                               for rank, recs in enumerate(ran) for name, key, sec in recs]
 
 
+def memory_estimate(cfg: ExperimentConfig, device: torch.device, *, choices: int = 1, examples: int = 0):
+    """The :class:`~bayes_lora.lora.memory.MemoryEstimate` of running ``cfg`` on ``device``, from
+    the model folder's config.json (and weight headers) alone: ``choices`` per question of a causal
+    LM's tasks, ``examples`` in all the tasks (train, test, OOD) whose prefixes are cached when
+    ``runtime.prefix_cache`` is on and no adapter sits on layer 0. Training batches are the larger of
+    ``anchors.batch_size`` and ``curve.batch_size``; an evaluation pass on a GPU folds up to
+    ``evaluation.num_samples`` samples into one batch (``predict_probs``' 512 rows)."""
+    from ..lora.backbone import resolve_model_path
+    from ..lora.memory import estimate_memory
+
+    gpu = device.type == "cuda"
+    causal = cfg.model.kind == "causal_lm"
+    k = choices if causal else 1
+    batch = cfg.evaluation.batch_size
+    folded = min(cfg.evaluation.num_samples, max(1, 512 // batch)) if gpu else 1
+    layers = tuple(cfg.lora.layers)
+    cached = cfg.runtime.prefix_cache and bool(layers) and min(layers) > 0
+    return estimate_memory(
+        resolve_model_path(cfg.model.name), dtype=cfg.model.dtype, max_length=cfg.model.max_length,
+        train_rows=max(cfg.anchors.batch_size, cfg.curve.batch_size) * k, eval_rows=batch * k * folded,
+        cached_rows=examples * k if cached else 0, targets=tuple(cfg.lora.target_modules) or ("q_proj", "v_proj"),
+        r=cfg.lora.r, layers=layers or None, causal_lm=causal, gpu=gpu)
+
+
 def _peak_rss_mb() -> float | None:
     try:
         import resource
@@ -707,4 +767,4 @@ def run(cfg: ExperimentConfig, out: str | Path, **kw) -> dict:
     return Runner(cfg, out, **kw).run()
 
 
-__all__ = ["RESOLVED_CONFIG", "Evaluation", "Prepared", "Runner", "run"]
+__all__ = ["RESOLVED_CONFIG", "Evaluation", "Prepared", "Runner", "memory_estimate", "run"]

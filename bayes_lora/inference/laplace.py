@@ -301,10 +301,11 @@ class LaplacePosterior(Posterior):
 
         def probs(batch) -> Tensor:  # [S, B, C]
             f, cov = self.glm_moments(task, batch)
+            f = f.to(cov.device)  # the Jacobians are taken for θ, in host memory (lora.device): the moments there
             if noise is None:
                 kappa = 1.0 / torch.sqrt(1.0 + math.pi / 8 * cov.diagonal(dim1=-2, dim2=-1))
                 return (kappa * f).softmax(-1).expand(s, f.shape[0], -1)
-            draws = f + torch.einsum("bck,sbk->sbc", _psd_sqrt(cov), noise[:, batch["index"]])
+            draws = f + torch.einsum("bck,sbk->sbc", _psd_sqrt(cov), noise[:, batch["index"].cpu()])
             return draws.softmax(-1)
 
         return Prediction(over_batches(task, jb, probs, dim=1).contiguous(), task.labels)

@@ -541,7 +541,8 @@ def add_lora(model: nn.Module, lora: LoraSettings, kind: str) -> nn.Module:
     # touching the caller's RNG
     with seeded(0), warnings.catch_warnings():  # peft 0.21 asks transformers 5 a deprecated question
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        return get_peft_model(model, cfg)
+        # LoRA factors float32 over a bfloat16 / float16 base (peft casts each layer's input to them)
+        return get_peft_model(model, cfg, autocast_adapter_dtype=True)
 
 
 def _check_head(path: Path, num_labels: int, lora: LoraSettings) -> None:
@@ -561,12 +562,44 @@ def _check_head(path: Path, num_labels: int, lora: LoraSettings) -> None:
                    "initialised and trained (lora.train_head)", path, theirs, num_labels)
 
 
+def float32_trainables(model: nn.Module) -> list[str]:
+    """Make every trainable tensor of ``model`` that is not a LoRA factor float32 (a trained head,
+    peft's ``modules_to_save`` copy), with a forward pre-hook on its module casting floating
+    inputs to float32; the names of those modules.
+
+    peft keeps the LoRA factors float32 over a bfloat16 / float16 base on its own
+    (``autocast_adapter_dtype``) and casts each layer's input to them; a head copy would stay in
+    the base's type, and θ — float32 throughout — could not be evaluated in it (a float32 weight
+    meets bfloat16 hidden states). Its logits then come out float32 too."""
+    from .params import is_lora_factor
+
+    owners: dict[str, nn.Module] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad or is_lora_factor(name) or p.dtype == torch.float32:
+            continue
+        parts = name.split(".")
+        cut = parts.index("modules_to_save") + 2 if "modules_to_save" in parts[:-2] else len(parts) - 1
+        path = ".".join(parts[:cut])
+        owners.setdefault(path, model.get_submodule(path))
+
+    def cast(_module, args, kwargs):
+        up = lambda v: v.float() if isinstance(v, torch.Tensor) and v.is_floating_point() else v
+        return tuple(up(a) for a in args), {k: up(v) for k, v in kwargs.items()}
+
+    for module in owners.values():
+        module.to(torch.float32)
+        module.register_forward_pre_hook(cast, with_kwargs=True)
+    return sorted(owners)
+
+
 def load_backbone(
     model: str = "all-MiniLM-L6-v2",
     *,
     kind: str = "classifier",
     num_labels: int = 2,
     lora: LoraSettings = LoraSettings(),
+    dtype: torch.dtype | str = torch.float32,
+    device: torch.device | str = "cpu",
 ) -> Backbone:
     """Load a base model from local files and add LoRA adapters.
 
@@ -578,6 +611,10 @@ def load_backbone(
         (multiple choice scored by the LM's log-likelihoods).
     lora: the adapter; target modules left out are resolved for the model's architecture and
         the returned :attr:`Backbone.lora` holds the resolved ones.
+    dtype: the type of the frozen base weights (a torch dtype or "float32", "bfloat16",
+        "float16"); the LoRA factors and a trained head are float32 whatever it is
+        (:func:`float32_trainables`), so θ is float32.
+    device: where the model is put (:mod:`bayes_lora.lora.device`).
 
     A tokenizer without a pad token pads with its eos token, and the model's ``pad_token_id`` is
     set from the tokenizer when missing: decoder classifiers (GPT-2, Llama, Qwen2) read the last
@@ -585,8 +622,11 @@ def load_backbone(
     """
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
+    from .device import resolve_dtype
+
     if kind not in ("classifier", "causal_lm"):
         raise ValueError(f"kind must be 'classifier' or 'causal_lm', got {kind!r}")
+    dtype = resolve_dtype(dtype, key="dtype") if isinstance(dtype, str) else dtype
     path = resolve_model_path(model)
     # a head that is new (none in the checkpoint, or one of another size) is initialised from
     # seed 0, deterministically, inside a scope that leaves the caller's RNG state untouched
@@ -596,10 +636,10 @@ def load_backbone(
             # a fine-tuned checkpoint's head of another size is replaced by a new one (trained
             # with train_head), as for a checkpoint without a head
             load = lambda: AutoModelForSequenceClassification.from_pretrained(
-                path, num_labels=num_labels, local_files_only=True, ignore_mismatched_sizes=True
+                path, num_labels=num_labels, local_files_only=True, ignore_mismatched_sizes=True, dtype=dtype
             )
         else:
-            load = lambda: AutoModelForCausalLM.from_pretrained(path, local_files_only=True, torch_dtype=torch.float32)
+            load = lambda: AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype)
         try:
             base = load()
         except Exception as e:  # a truncated or corrupt weights file: name the folder, not a header
@@ -613,4 +653,6 @@ def load_backbone(
         base.config.pad_token_id = tok.pad_token_id
     lora = resolve_lora(base, lora)
     peft_model = add_lora(base, lora, kind).eval()
-    return Backbone(peft_model, tok, str(model), kind, lora)
+    if dtype != torch.float32:
+        float32_trainables(peft_model)
+    return Backbone(peft_model.to(device), tok, str(model), kind, lora)

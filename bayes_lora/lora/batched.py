@@ -201,6 +201,9 @@ class PerSampleLinears:
         else:
             s = self.thetas.shape[0]
             params = self.layout.unflatten(self.thetas)  # {name: [S, *shape]}
+        # θ may live in host memory (bayes_lora.lora.device): to the model's device, differentiably
+        device = next(self.fm_model.parameters()).device
+        params = {n: v.to(device) if v.device != device else v for n, v in params.items()}
         self.modules: list[nn.Linear] = []
         for name, (mod, attr) in self.owners.items():
             if mod not in self.modules:
@@ -320,7 +323,7 @@ def per_example_jacobians(fm: FunctionalModel, space, task, batch: dict, w: Tens
     the logits f [B, C]: :func:`per_example_vjp` with the C unit cotangents (C backward passes)."""
 
     def units(f: Tensor) -> Tensor:
-        return torch.eye(f.shape[-1], dtype=f.dtype).expand(f.shape[0], -1, -1)
+        return torch.eye(f.shape[-1], dtype=f.dtype, device=f.device).expand(f.shape[0], -1, -1)
 
     return per_example_vjp(fm, space, task, batch, w, units)
 

@@ -101,9 +101,10 @@ class ParamLayout:
         return {n: c.reshape(*batch, *s) for n, c, s in zip(self.names, chunks, self.shapes)}
 
     def read(self, model: nn.Module) -> Tensor:
-        """The current θ of ``model`` (a detached copy)."""
+        """The current θ of ``model`` (a detached copy, in host memory like every θ: see
+        :mod:`bayes_lora.lora.device`)."""
         params = dict(model.named_parameters())
-        return self.flatten({n: params[n].detach() for n in self.names}).clone()
+        return self.flatten({n: params[n].detach() for n in self.names}).clone().cpu()
 
     @torch.no_grad()
     def write_(self, model: nn.Module, theta: Tensor) -> None:
@@ -155,6 +156,9 @@ class FunctionalModel:
 
     ``fm(theta, **inputs)`` returns the model's logits at θ [D]; ``fm.many(thetas, **inputs)``
     stacks the logits of θ [S, D] (a loop by default, ``vectorize=True`` uses ``torch.vmap``).
+    θ and the tensor inputs are moved to the model's device first (differentiably; nothing moves
+    on a CPU model), so θ may stay in host memory (:mod:`bayes_lora.lora.device`); the logits are
+    on the model's device.
     """
 
     def __init__(self, model: nn.Module, layout: ParamLayout | None = None):
@@ -163,7 +167,17 @@ class FunctionalModel:
         for p in model.parameters():
             p.requires_grad_(False)
 
+    @property
+    def device(self) -> torch.device:
+        """Where the model's weights are (its first parameter's device)."""
+        p = next(self.model.parameters(), None)
+        return p.device if p is not None else torch.device("cpu")
+
     def __call__(self, theta: Tensor, **inputs) -> Tensor:
+        device = self.device
+        if theta.device != device:
+            theta = theta.to(device)
+        inputs = {k: v.to(device) if isinstance(v, Tensor) and v.device != device else v for k, v in inputs.items()}
         params = self.layout.unflatten(theta)
         out = torch.func.functional_call(self.model, params, args=(), kwargs=inputs, strict=False)
         return _logits(out)

@@ -296,8 +296,9 @@ class ProjectedSpace(ParameterSpace):
                         "adapter has B = 0); pass a fine-tuned θ̂"
                     )
                 vt = vh[:r]
-            self.register_buffer(f"us_{i}", (u[:, :r] * s[:r]).contiguous())  # B = U_r Σ_r
-            self.register_buffer(f"vt_{i}", vt.contiguous())  # A = R V_rᵀ (/ s for LoRA-XS)
+            # computed where the weight is (a GPU's SVD), kept in host memory with θ (lora.device)
+            self.register_buffer(f"us_{i}", (u[:, :r] * s[:r]).contiguous().cpu())  # B = U_r Σ_r
+            self.register_buffer(f"vt_{i}", vt.contiguous().cpu())  # A = R V_rᵀ (/ s for LoRA-XS)
             self.ranks.append(r)
             self.scalings.append(scaling)
             self._pieces[a_name] = self._a_piece(i, offset, r)
@@ -314,7 +315,7 @@ class ProjectedSpace(ParameterSpace):
                     offset += k
                 else:
                     buf = f"other_{len(self._buffers)}"
-                    self.register_buffer(buf, params[n].detach().reshape(-1).clone())
+                    self.register_buffer(buf, params[n].detach().reshape(-1).clone().cpu())
                     self._pieces[n] = self._const_piece(buf)
         self.dim = offset
         self.register_buffer("init", torch.zeros(self.dim))

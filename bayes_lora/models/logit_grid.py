@@ -54,7 +54,8 @@ class LogitGrid:
         start = time.perf_counter()
         t = torch.linspace(0, 1, knots)
         logits = torch.stack([logits_at(tk) for tk in t])
-        return cls(t.numpy(), logits.double().numpy(), labels.numpy(), float(temperature), prior,
+        # logits of a GPU model come back to host memory for NumPyro
+        return cls(t.numpy(), logits.double().cpu().numpy(), labels.cpu().numpy(), float(temperature), prior,
                    time.perf_counter() - start)
 
     # ------------------------------------------------------------------------------------------

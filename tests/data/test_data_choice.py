@@ -10,7 +10,13 @@ import torch
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from scenarios import tiny_llama, tiny_tokenizer
 
-from bayes_lora.data import EncodedMultipleChoice, MultipleChoiceData, PackedMultipleChoice, encode, packing_error
+from bayes_lora.data import (
+    EncodedMultipleChoice,
+    MultipleChoiceData,
+    PackedMultipleChoice,
+    encode,
+    packing_error,
+)
 from bayes_lora.types import EncodedTask
 
 QUESTIONS = (
