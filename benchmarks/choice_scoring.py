@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--steps", type=int, default=4, help="training steps timed (batches of 8)")
     ap.add_argument("--max-length", type=int, default=96)
     ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--dtype", default="float32", help="the frozen base weights' dtype (θ stays float32)")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore", category=FutureWarning)
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     layers = tuple(int(x) for x in args.layers.split(","))
     bb = load_backbone(args.model, kind="causal_lm", lora=LoraSettings(
-        r=8, alpha=16.0, target_modules=("q_proj", "v_proj"), layers=layers, train_head=False))
+        r=8, alpha=16.0, target_modules=("q_proj", "v_proj"), layers=layers, train_head=False), dtype=args.dtype)
     fm = FunctionalModel(bb.model)
     data = get_task(args.task).load(args.split, data_dir=args.data_dir, max_examples=args.questions, seed=0)
     g = torch.Generator().manual_seed(0)
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> dict:
         out[name] = {"choices_per_s": args.samples * choices / sec, "train_questions_per_s": questions / tsec,
                      "max_diff": float((logits - ref).abs().max())}
     print(f"{args.model}, {args.task} {args.split}: {len(data)} questions × {data.num_choices} choices, "
-          f"S = {args.samples}, {torch.get_num_threads()} threads")
+          f"S = {args.samples}, {args.dtype} base weights, {torch.get_num_threads()} threads")
     print(f"prefix cache build: rows {build_r:.1f} s, packed {build_p:.1f} s ({build_r / build_p:.2f}×)")
     a, b = out["a rows, full model"], out["b rows, cached prefix"]
     for name, r in out.items():

@@ -199,7 +199,7 @@ def write_tiny_choice_setup(root, n_train: int = 48, n_test: int = 16):
     model_dir, data_dir = root / "tiny-llama", root / "data"
     tiny_llama().save_pretrained(model_dir)
     tiny_tokenizer(with_cls=False).save_pretrained(model_dir)
-    for task, seed0 in (("openbookqa", 0), ("arc_easy", 10)):
+    for task, seed0 in (("openbookqa", 0), ("arc_easy", 10), ("arc_challenge", 20)):
         (data_dir / task).mkdir(parents=True)
         for split, n, seed in (("train", n_train, seed0), ("dev", n_test, seed0 + 1), ("test", n_test, seed0 + 2)):
             texts, labels = sentiment_texts(n, seed)

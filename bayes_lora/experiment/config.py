@@ -39,7 +39,7 @@ class ConfigError(ValueError):
 #: keys added to a table after runs were made, with their defaults: left out of
 #: :meth:`ExperimentConfig.digest` at the default (the hash of a config that does not use them is
 #: the hash it had before they existed)
-LATER_KEYS = {("model", "dtype"): "float32", ("runtime", "device"): "cpu"}
+LATER_KEYS = {("model", "dtype"): "float32", ("runtime", "device"): "cpu", ("data", "more_ood"): []}
 
 #: keys that moved, so that an older config gets told where
 MOVED = {"curve.path_points": "paths.points", "curve.path_examples": "paths.examples"}
@@ -172,6 +172,8 @@ class DataConfig:
                         "file of unlabelled texts)")
     ood_split: str = option("test", choices=SPLITS)
     ood_examples: int = option(0, ge=0)
+    more_ood: tuple[str, ...] = option((), doc="further OOD tasks (registered names), each scored like ood_task "
+                                       "(its ood_split, ood_examples) and reported beside it")
 
     def __post_init__(self) -> None:
         for key in ("task", "ood_task"):
@@ -195,6 +197,10 @@ class DataConfig:
     @property
     def ood_spec(self) -> TaskSpec | None:
         return get_task(self.ood_task) if self.ood_task != "" else None
+
+    @property
+    def more_ood_specs(self) -> tuple[TaskSpec, ...]:
+        return tuple(get_task(name) for name in self.more_ood)
 
     def task_name(self, key: str = "task") -> str | None:
         value = getattr(self, key)
@@ -405,8 +411,23 @@ class ExperimentConfig:
         if ood is not None and self.model.kind == "causal_lm" and ood.kind != "multiple_choice":
             raise ConfigError("data.ood_task of a causal LM must be a multiple-choice task scored by the same LM; "
                               f"got data.ood_task = {ood.name!r} ({ood.kind})")
+        if d.more_ood and ood is None:
+            raise ConfigError(f"data.more_ood = {list(d.more_ood)} needs data.ood_task (the first OOD set)")
+        more = []
+        for name in d.more_ood:
+            try:
+                spec = get_task(name)
+            except (TypeError, ValueError) as e:
+                raise ConfigError(f"data.more_ood: {e}") from None
+            if spec.kind != "multiple_choice" and self.model.kind == "causal_lm":
+                raise ConfigError(f"data.more_ood: {name!r} is {spec.kind}; a causal LM's OOD sets are multiple-choice "
+                                  "tasks scored by the same LM")
+            more.append(("more_ood", spec, d.ood_split))
+        names = [ood.name] + list(d.more_ood) if ood is not None else []
+        if len(set(names)) != len(names):
+            raise ConfigError(f"data.ood_task and data.more_ood name a task twice: {names}")
         for key, spec, split in (("task", task, "train"), ("task", task, d.test_split),
-                                 ("ood_task", ood, d.ood_split)):
+                                 ("ood_task", ood, d.ood_split), *more):
             if spec is not None and not spec.has_split(split):
                 raise ConfigError(f"data.{key} = {spec.name!r} has no {split} split: set its {split} file"
                                   + (f" or data.{'test' if key == 'task' else 'ood'}_split" if split != "train" else ""))

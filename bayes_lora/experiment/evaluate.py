@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +42,7 @@ def evaluate(
     seed: int = 0,
     batch_size: int = 64,
     ood: EncodedTask | None = None,
+    more_ood: Mapping[str, EncodedTask] | None = None,
 ) -> Evaluation:
     """Predict ``test`` (and ``ood``) with ``posterior`` and compute every metric.
 
@@ -50,6 +52,9 @@ def evaluate(
     ``ood_entropy`` (their means on the OOD set). For a classification task it
     also holds ``mcc`` (Matthews correlation) and ``per_class_accuracy`` (a list in class
     order); the choices of a multiple-choice question are no classes, so it has neither.
+    ``more_ood`` ({name: task}, with ``ood``): further OOD sets, each with the same four metrics
+    under ``<metric>[<name>]`` (``ood_auroc[arc_challenge]``); their predictions are in
+    ``extra["more_ood"]``.
     """
     atoms = getattr(posterior, "num_atoms", None)
     if atoms:  # a finite posterior: its atoms are the exact predictive (more would repeat them)
@@ -65,20 +70,30 @@ def evaluate(
     out["fit_seconds"] = float(posterior.info.seconds)
     out["predict_seconds"] = seconds
     out["num_samples"] = int(pred.probs.shape[0])
-    ood_pred = None
-    if ood is not None:
-        ood_pred = posterior.predict(ood, num_samples=num_samples, seed=seed, batch_size=batch_size)
-        _check_prediction(ood_pred, ood, posterior)
-        h_in, _, mi_in = M.uncertainty_decomposition(pred.probs)
-        h_out, _, mi_out = M.uncertainty_decomposition(ood_pred.probs)
-        out["ood_auroc"] = M.ood_auroc(mi_in, mi_out)
-        out["ood_auroc_entropy"] = M.ood_auroc(h_in, h_out)
-        # the mean uncertainty out of distribution, beside the test set's ``mutual_information`` and
-        # ``entropy``: whether (and by how much) a method's epistemic part grows outside the
-        # fine-tuning distribution (BayesLoRA's claim)
-        out["ood_mutual_information"] = float(mi_out.mean())
-        out["ood_entropy"] = float(h_out.mean())
-    return Evaluation(pred, out, ood_pred, task=test, seed=int(seed))
+    ood_pred, extra = None, {}
+    if more_ood and ood is None:
+        raise ValueError("more_ood needs ood (the first OOD set)")
+    sets = {"": ood, **{f"[{name}]": task for name, task in (more_ood or {}).items()}} if ood is not None else {}
+    for suffix, task in sets.items():
+        p_out = posterior.predict(task, num_samples=num_samples, seed=seed, batch_size=batch_size)
+        _check_prediction(p_out, task, posterior)
+        out.update({k + suffix: v for k, v in _ood_metrics(pred, p_out).items()})
+        if suffix:
+            extra.setdefault("more_ood", {})[suffix[1:-1]] = p_out
+        else:
+            ood_pred = p_out
+    return Evaluation(pred, out, ood_pred, extra=extra, task=test, seed=int(seed))
+
+
+def _ood_metrics(pred: Prediction, ood_pred: Prediction) -> dict[str, float]:
+    """OOD AUROC by mutual information and by entropy, and the mean MI and entropy on the OOD set."""
+    h_in, _, mi_in = M.uncertainty_decomposition(pred.probs)
+    h_out, _, mi_out = M.uncertainty_decomposition(ood_pred.probs)
+    # the mean uncertainty out of distribution, beside the test set's ``mutual_information`` and
+    # ``entropy``: whether (and by how much) a method's epistemic part grows outside the
+    # fine-tuning distribution (BayesLoRA's claim)
+    return {"ood_auroc": M.ood_auroc(mi_in, mi_out), "ood_auroc_entropy": M.ood_auroc(h_in, h_out),
+            "ood_mutual_information": float(mi_out.mean()), "ood_entropy": float(h_out.mean())}
 
 
 def _is_multiple_choice(task) -> bool:

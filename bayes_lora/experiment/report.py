@@ -197,23 +197,31 @@ def _spectrum_lines(results: dict) -> list[str]:
 
 
 def _ood_lines(results: dict) -> list[str]:
-    """In- vs out-of-distribution uncertainty per method: does the epistemic part grow outside the
-    fine-tuning distribution, and does it separate the two sets better than the entropy?"""
-    rows = {k: m for k, m in results["methods"].items() if "ood_mutual_information" in m}
-    if not rows:
-        return []
+    """In- vs out-of-distribution uncertainty per method and OOD set (``ood_task``, then each of
+    ``more_ood``): does the epistemic part grow outside the fine-tuning distribution, and does it
+    separate the two sets better than the entropy?"""
+    sets = [("", results.get("ood_task"))] + [(f"[{n}]", n) for n in results.get("more_ood", [])]
+    lines: list[str] = []
 
     def ratio(a, b):
         return f"{a / b:.2f}" if b > 0 else "–"
 
-    lines = [f"## In- vs out-of-distribution ({results.get('ood_task')})", "",
-             "| method | MI test | MI OOD | MI OOD / test | entropy test | entropy OOD | AUROC (MI) | AUROC (entropy) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for k, m in rows.items():
-        lines.append(f"| {k} | {m['mutual_information']:.4f} | {m['ood_mutual_information']:.4f} | "
-                     f"{ratio(m['ood_mutual_information'], m['mutual_information'])} | {m['entropy']:.4f} | "
-                     f"{m['ood_entropy']:.4f} | {m['ood_auroc']:.4f} | {m['ood_auroc_entropy']:.4f} |")
-    lines += ["", ("Means over the test set and the OOD set (nats). AUROC 0.5 = the score does not tell the sets "
+    for suffix, name in sets:
+        rows = {k: m for k, m in results["methods"].items() if f"ood_mutual_information{suffix}" in m}
+        if not rows:
+            continue
+        lines += [f"## In- vs out-of-distribution ({name})", "",
+                  ("| method | MI test | MI OOD | MI OOD / test | entropy test | entropy OOD | AUROC (MI) | "
+                  "AUROC (entropy) |"), "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for k, m in rows.items():
+            mi, h = m[f"ood_mutual_information{suffix}"], m[f"ood_entropy{suffix}"]
+            lines.append(f"| {k} | {m['mutual_information']:.4f} | {mi:.4f} | {ratio(mi, m['mutual_information'])} | "
+                         f"{m['entropy']:.4f} | {h:.4f} | {m[f'ood_auroc{suffix}']:.4f} | "
+                         f"{m[f'ood_auroc_entropy{suffix}']:.4f} |")
+        lines.append("")
+    if not lines:
+        return []
+    lines += [("Means over the test set and the OOD set (nats). AUROC 0.5 = the score does not tell the sets "
                    "apart. A single draw (MAP) or a closed-form predictive (the Laplace GLM probit link) has no "
                    "mutual information: read its entropy columns. The histograms per method are "
                    "`figures/mi_<method>.png`."), ""]

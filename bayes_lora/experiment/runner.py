@@ -64,6 +64,7 @@ class Prepared:
     test: object
     ood: object | None
     data_info: dict = field(default_factory=dict)
+    more_ood: dict = field(default_factory=dict)  # further OOD sets by task name (data.more_ood)
 
 
 def _log_default(msg: str) -> None:
@@ -199,6 +200,8 @@ class Runner:
             src = classes_split(d.ood_spec)
             if src not in (None, d.ood_split):
                 add("ood_classes", d.ood_spec, src)
+        for more in d.more_ood_specs:
+            add(f"ood:{more.name}", more, d.ood_split)
         model = Path(c.model.name).expanduser()
         if model.is_dir():
             for f in sorted(model.iterdir()):
@@ -239,11 +242,16 @@ class Runner:
             ood = ospec.load(d.ood_split, max_examples=d.ood_examples or None, min_words=0, **kw)
             if c.model.kind == "classifier":  # a classifier scores texts: any task's inputs will do
                 ood = as_ood_texts(ood, train.num_classes, name=ospec.name)
+        more = {}
+        for mspec in d.more_ood_specs:
+            extra = mspec.load(d.ood_split, max_examples=d.ood_examples or None, min_words=0, **kw)
+            more[mspec.name] = (as_ood_texts(extra, train.num_classes, name=mspec.name) if c.model.kind == "classifier"
+                                else extra)
         lora = LoraSettings(r=c.lora.r, alpha=c.lora.alpha, dropout=c.lora.dropout,
                             target_modules=tuple(c.lora.target_modules), train_head=c.lora.train_head,
                             layers=tuple(c.lora.layers) or None)
         n_classes = getattr(train, "num_classes", None) or train.num_choices
-        self._check_memory(device, [x for x in (train, test, ood) if x is not None])  # before loading weights
+        self._check_memory(device, [x for x in (train, test, ood, *more.values()) if x is not None])  # before weights
         bb = load_backbone(c.model.name, kind=c.model.kind, num_labels=n_classes, lora=lora, dtype=c.model.dtype,
                            device=device)
         self._check_methods(bb.model)
@@ -251,18 +259,22 @@ class Runner:
         enc = lambda ds: task_to(encode(ds, bb.tokenizer, max_length=c.model.max_length, packed=packed), device)
         tr, te = enc(train), enc(test)
         oo = enc(ood) if ood is not None else None
+        mo = {name: enc(x) for name, x in more.items()}
         fm = FunctionalModel(bb.model)
         if c.runtime.prefix_cache:
-            fm, tr, te, oo = self._prefix_cache(fm, tr, te, oo)
+            fm, tr, te, oo, mo = self._prefix_cache(fm, tr, te, oo, mo)
             tr, te = task_to(tr, device), task_to(te, device)  # the caches (built in host memory) too
             oo = task_to(oo, device) if oo is not None else None
+            mo = {name: task_to(x, device) for name, x in mo.items()}
         info = {"train_examples": len(tr), "test_examples": len(te), "ood_examples": 0 if oo is None else len(oo),
                 "lora_numbers": int(fm.layout.dim), "task": spec.to_dict(),
                 "label_names": list(classes) if classes is not None else None}
         if d.ood_spec is not None:
             info["ood_task"] = d.ood_spec.to_dict()
+        if mo:
+            info["more_ood_examples"] = {name: len(x) for name, x in mo.items()}
         info.update(self.data_record())
-        self.prep = Prepared(c, bb, fm, tr, te, oo, info)
+        self.prep = Prepared(c, bb, fm, tr, te, oo, info, mo)
         if c.anchors.path:  # checked against the model now, before anything is written
             self._given = self._given_anchors()
         return self.prep
@@ -320,19 +332,20 @@ class Runner:
             except ValueError as e:
                 raise ConfigError(f"methods.{label}: {e}") from None
 
-    def _prefix_cache(self, fm, tr, te, oo):
+    def _prefix_cache(self, fm, tr, te, oo, mo):
         try:
             from ..lora.prefix import with_prefix_cache
         except ImportError:  # pragma: no cover - the cache is an optimisation
-            return fm, tr, te, oo
+            return fm, tr, te, oo, mo
         start = time.perf_counter()
-        tasks = [t for t in (tr, te, oo) if t is not None]
+        tasks = [t for t in (tr, te, oo, *mo.values()) if t is not None]
         fm2, *cached = with_prefix_cache(fm, *tasks)
         if fm2 is not fm:
             self.log(f"prefix cache: hidden states below the first adapted layer computed once "
                      f"({time.perf_counter() - start:.1f} s)")
         it = iter(cached)
-        return fm2, next(it), next(it), (next(it) if oo is not None else None)
+        tr, te, oo = next(it), next(it), (next(it) if oo is not None else None)
+        return fm2, tr, te, oo, {name: next(it) for name in mo}
 
     # ------------------------------------------------------------------ stages -------------
     def _stage(self, name: str, key: str, build: Callable[[Path], dict | None]) -> Path:
@@ -519,10 +532,12 @@ class Runner:
 
         def build(folder: Path):
             e = evaluate(post, p.test, num_samples=ev.num_samples, seed=self.cfg.seed, batch_size=ev.batch_size,
-                         ood=p.ood)
+                         ood=p.ood, more_ood=p.more_ood)
             tensors = {"probs": e.prediction.probs, "labels": e.prediction.labels}
             if e.ood is not None:
                 tensors["ood_probs"] = e.ood.probs
+            for name, pred in e.extra.get("more_ood", {}).items():
+                tensors[f"ood_probs:{name}"] = pred.probs
             save_tensors(folder / "predictions.safetensors", tensors)
             # groups at the same thinned draws, log-likelihood on training examples (seeded by the fit's seed)
             idata = posterior_idata(post, e, train=p.train, label=label, seed=self.cfg.seed, batch_size=ev.batch_size,
@@ -686,6 +701,7 @@ class Runner:
             "model": self.cfg.model.name,
             "task": self.cfg.data.task_name(),
             "ood_task": self.cfg.data.task_name("ood_task"),
+            **({"more_ood": list(self.cfg.data.more_ood)} if self.cfg.data.more_ood else {}),
             "label_names": self.prep.data_info.get("label_names"),
             "smoke": self.smoke,
             "data": self.prep.data_info,

@@ -1,6 +1,7 @@
 """MAP: one fine-tuned adapter, a point mass at θ̂."""
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from ..lora.params import FunctionalModel
@@ -42,3 +43,36 @@ def fit_map(ctx: FitContext, *, anchor: int = 0, train: bool = False) -> MapPost
         return MapPosterior(ctx.fm, res.latent, options={"anchor": None}, info=FitInfo(res.seconds, res.losses))
     anchors = ctx.require_anchors(anchor + 1)
     return MapPosterior(ctx.fm, anchors[anchor], options={"anchor": anchor}, info=FitInfo(0.0))
+
+
+class ZeroShotPosterior(MapPosterior):
+    """A point mass at the base model: every LoRA B factor zero, so the adapters add nothing."""
+
+    method = "zero_shot"
+
+
+def _refuse_heads(names) -> None:
+    from ..lora.params import is_lora_factor
+
+    heads = [n for n in names if not is_lora_factor(n)]
+    if heads:
+        raise ValueError(f"zero_shot evaluates the base model, but θ holds a trained head ({heads[0]}, …) that "
+                         "starts untrained: use a causal LM (model.kind = 'causal_lm') or lora.train_head = false "
+                         "with a head the checkpoint already has")
+
+
+def _check_zero_shot(options, model) -> None:
+    from ..lora.params import trainable_parameter_names
+
+    _refuse_heads(trainable_parameter_names(model))
+
+
+@register("zero_shot", ZeroShotPosterior, check=_check_zero_shot)
+def fit_zero_shot(ctx: FitContext) -> ZeroShotPosterior:
+    """The base model before fine-tuning (θ with every LoRA B factor zero): the floor every method
+    must beat. Refuses a θ with a trained head, whose starting values are no model at all."""
+    layout = ctx.fm.layout
+    _refuse_heads(layout.names)
+    parts = layout.unflatten(layout.read(ctx.fm.model))
+    theta = layout.flatten({n: torch.zeros_like(t) if ".lora_B." in n else t for n, t in parts.items()})
+    return ZeroShotPosterior(ctx.fm, theta, options={}, info=FitInfo(0.0))

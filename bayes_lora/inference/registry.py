@@ -58,6 +58,7 @@ _REGISTRY: dict[str, Backend] = {}
 #: module of each built-in backend, imported on first use (keeps ``import bayes_lora`` light)
 _BUILTIN = {
     "map": "bayes_lora.inference.map",
+    "zero_shot": "bayes_lora.inference.map",
     "ensemble": "bayes_lora.inference.ensemble",
     "mc_dropout": "bayes_lora.inference.mc_dropout",
     "laplace": "bayes_lora.inference.laplace",

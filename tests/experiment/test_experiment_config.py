@@ -52,6 +52,12 @@ BAD = [
     ("the run's seed is not an anchors key", _with(anchors={"seed": 3}), ["unknown key anchors.seed"]),
     ("curve degree bound (CurveConfig's)", _with(curve={"degree": 9}), ["curve.degree", "≤ 8"]),
     ("grad_clip bound (TrainConfig's)", _with(anchors={"grad_clip": 0.0}), ["anchors.grad_clip", "> 0"]),
+    ("more_ood without ood_task", _with(data={"more_ood": ["cola"]}), ["data.more_ood", "data.ood_task"]),
+    ("more_ood unknown task", _with(data={"ood_task": "cola", "more_ood": ["colla"]}), ["data.more_ood", "cola"]),
+    ("more_ood repeats ood_task", _with(data={"ood_task": "cola", "more_ood": ["cola"]}), ["twice", "'cola'"]),
+    ("more_ood of a causal LM is multiple choice",
+     _with(model={"kind": "causal_lm"}, data={"task": "openbookqa", "ood_task": "arc_easy", "more_ood": ["cola"]},
+           methods={"map": {}}), ["data.more_ood", "'cola'", "multiple-choice"]),
 ]
 
 
