@@ -240,4 +240,7 @@ def test_packing_error_tells_a_model_that_ignores_the_mask(data, model):
         kw.pop("position_ids", None)
         return model(**kw)
 
-    assert packing_error(padding_mask_only, data, tokenizer) > 1e-3  # the runner refuses above 1e-4
+    ignored = packing_error(padding_mask_only, data, tokenizer)
+    assert ignored > 1e-3  # the runner refuses above 1e-4 (float32)
+    # ignore_mask: the same yardstick, computed from the model itself
+    assert packing_error(model, data, tokenizer, ignore_mask=True) == pytest.approx(ignored, abs=1e-6)
