@@ -73,9 +73,9 @@ def main(argv: list[str] | None = None) -> dict:
     (sfm_r, rows_c), build_r = timed(lambda: with_prefix_cache(fm, rows, verify=False))
     (sfm_p, packed_c), build_p = timed(lambda: with_prefix_cache(fm, packed, verify=False))
 
-    def every_position(task):  # the LM head at every position, as before logits_to_keep
-        task._keep = False
-        return task
+    def every_position(cached):  # the LM head at every position, as before logits_to_keep
+        cached.task._keep = False  # the wrapped PackedMultipleChoice scores
+        return cached
 
     def score(model, task):
         with torch.no_grad():

@@ -142,7 +142,8 @@ def _validate(args) -> int:
             device = torch.device("cuda")
         line = (f"{name}: ok ({cfg.name}: {cfg.model.kind} {cfg.model.name!r} in {cfg.model.dtype} on "
                 f"{cfg.runtime.device} -> {device}; task {cfg.data.task_name()}"
-                + (f", OOD {cfg.data.task_name('ood_task')}" if cfg.data.ood_task else "")
+                + (f", OOD {', '.join([cfg.data.task_name('ood_task'), *cfg.data.more_ood])}" if cfg.data.ood_task
+                   else "")
                 + f"; methods {', '.join(cfg.methods)})")
         print(line)
         try:
