@@ -72,6 +72,25 @@ def _join(prompt: list[int], n_prefix: int, answer: list[int], max_length: int) 
     return prompt + answer
 
 
+def _tokenise(data: MultipleChoiceData, tokenizer: Any, max_length: int
+              ) -> tuple[list[tuple[list[int], int]], list[list[int]]]:
+    """Every question's prompt ids (:func:`_prompt_ids`) and every choice's ids (``" " + text``,
+    no special tokens; question-major, C per question); a ValueError naming a choice that encodes
+    to no tokens or a ``max_length`` too short to score one."""
+    if max_length < 2:
+        raise ValueError(f"max_length must be >= 2 to score a choice, got {max_length}")
+    contexts = data.contexts or (None,) * len(data)
+    prompts = _prompt_ids(tokenizer, [format_prompt(q, x) for q, x in zip(data.questions, contexts)])
+    answers = [f" {text}" for choices in data.choices for text in choices]
+    answer_ids = tokenizer(answers, add_special_tokens=False)["input_ids"]
+    c = data.num_choices
+    for flat, answer in enumerate(answer_ids):
+        if not answer:
+            raise ValueError(f"choice {flat % c} of question {flat // c} of {data.name} ({answers[flat]!r}) "
+                             "encodes to no tokens")
+    return prompts, answer_ids
+
+
 class EncodedMultipleChoice(EncodedTaskBase):
     """A tokenised multiple-choice task for a causal LM.
 
@@ -143,20 +162,10 @@ class EncodedMultipleChoice(EncodedTaskBase):
         by dropping prompt tokens from the left. Tokenizers without a pad token pad with their
         eos token (or 0); padding is on the right.
         """
-        if max_length < 2:
-            raise ValueError(f"max_length must be >= 2 to score a choice, got {max_length}")
         n, c = len(data), data.num_choices
-        contexts = data.contexts or (None,) * n
-        prompts = _prompt_ids(tokenizer, [format_prompt(q, c) for q, c in zip(data.questions, contexts)])
-        answers = [f" {text}" for choices in data.choices for text in choices]
-        answer_ids = tokenizer(answers, add_special_tokens=False)["input_ids"]
+        prompts, answer_ids = _tokenise(data, tokenizer, max_length)
         sequences, spans, truncated = [], [], 0
         for flat, answer in enumerate(answer_ids):
-            if not answer:
-                raise ValueError(
-                    f"choice {flat % c} of question {flat // c} of {data.name} "
-                    f"({answers[flat]!r}) encodes to no tokens"
-                )
             prompt, n_prefix = prompts[flat // c]
             seq = _join(prompt, n_prefix, answer, max_length)
             truncated += len(seq) < len(prompt) + len(answer)
@@ -349,20 +358,11 @@ class PackedMultipleChoice(EncodedTaskBase):
         prompt loses tokens from its left (after its leading special tokens) until it fits. The
         packed row itself is longer: the prompt plus all choices.
         """
-        if max_length < 2:
-            raise ValueError(f"max_length must be >= 2 to score a choice, got {max_length}")
         n, c = len(data), data.num_choices
-        contexts = data.contexts or (None,) * n
-        prompts = _prompt_ids(tokenizer, [format_prompt(q, x) for q, x in zip(data.questions, contexts)])
-        answers = [f" {text}" for choices in data.choices for text in choices]
-        answer_ids = tokenizer(answers, add_special_tokens=False)["input_ids"]
+        prompts, answer_ids = _tokenise(data, tokenizer, max_length)
         rows, segs, truncated = [], [], 0
         for q in range(n):
             own = [a[: max_length - 1] for a in answer_ids[q * c : (q + 1) * c]]
-            for j, a in enumerate(own):
-                if not a:
-                    raise ValueError(f"choice {j} of question {q} of {data.name} "
-                                     f"({answers[q * c + j]!r}) encodes to no tokens")
             prompt, n_prefix = prompts[q]
             longest = max(len(a) for a in own)
             kept = _join(prompt, n_prefix, [0] * longest, max_length)[: -longest]

@@ -73,15 +73,16 @@ def evaluate(
     ood_pred, extra = None, {}
     if more_ood and ood is None:
         raise ValueError("more_ood needs ood (the first OOD set)")
-    sets = {"": ood, **{f"[{name}]": task for name, task in (more_ood or {}).items()}} if ood is not None else {}
-    for suffix, task in sets.items():
+    sets = [(None, ood), *(more_ood or {}).items()] if ood is not None else []
+    for name, task in sets:
         p_out = posterior.predict(task, num_samples=num_samples, seed=seed, batch_size=batch_size)
         _check_prediction(p_out, task, posterior)
+        suffix = "" if name is None else f"[{name}]"
         out.update({k + suffix: v for k, v in _ood_metrics(pred, p_out).items()})
-        if suffix:
-            extra.setdefault("more_ood", {})[suffix[1:-1]] = p_out
-        else:
+        if name is None:
             ood_pred = p_out
+        else:
+            extra.setdefault("more_ood", {})[name] = p_out
     return Evaluation(pred, out, ood_pred, extra=extra, task=test, seed=int(seed))
 
 

@@ -236,17 +236,15 @@ class Runner:
         train = spec.load("train", max_examples=d.train_examples, min_words=d.min_words, classes=classes, **kw)
         # min_words selects sentence-level *training* data; the test split is used whole
         test = spec.load(d.test_split, max_examples=d.test_examples or None, min_words=0, classes=classes, **kw)
-        ood = None
-        if d.ood_spec is not None:
-            ospec = d.ood_spec
-            ood = ospec.load(d.ood_split, max_examples=d.ood_examples or None, min_words=0, **kw)
+
+        def load_ood(ospec):
+            data = ospec.load(d.ood_split, max_examples=d.ood_examples or None, min_words=0, **kw)
             if c.model.kind == "classifier":  # a classifier scores texts: any task's inputs will do
-                ood = as_ood_texts(ood, train.num_classes, name=ospec.name)
-        more = {}
-        for mspec in d.more_ood_specs:
-            extra = mspec.load(d.ood_split, max_examples=d.ood_examples or None, min_words=0, **kw)
-            more[mspec.name] = (as_ood_texts(extra, train.num_classes, name=mspec.name) if c.model.kind == "classifier"
-                                else extra)
+                data = as_ood_texts(data, train.num_classes, name=ospec.name)
+            return data
+
+        ood = load_ood(d.ood_spec) if d.ood_spec is not None else None
+        more = {mspec.name: load_ood(mspec) for mspec in d.more_ood_specs}
         lora = LoraSettings(r=c.lora.r, alpha=c.lora.alpha, dropout=c.lora.dropout,
                             target_modules=tuple(c.lora.target_modules), train_head=c.lora.train_head,
                             layers=tuple(c.lora.layers) or None)

@@ -309,8 +309,7 @@ def predict_probs(
 
 
 def _on_gpu(fm: FunctionalModel) -> bool:
-    p = next(fm.model.parameters(), None)
-    return p is not None and p.device.type == "cuda"
+    return fm.device.type == "cuda"
 
 
 class Posterior:

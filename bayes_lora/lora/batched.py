@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .device import module_device
 from .params import FunctionalModel, ParamLayout, _logits
 
 logger = logging.getLogger(__name__)
@@ -87,8 +88,7 @@ def can_fold(fm: FunctionalModel) -> bool:
 def _probe_inputs(fm: FunctionalModel, rows: int, length: int) -> dict[str, Tensor]:
     """Model inputs of ``rows`` sequences of ``length`` tokens (token 0): what a suffix model of
     the prefix cache takes (``inputs_embeds`` too) or a full model takes (token ids)."""
-    p = next(fm.model.parameters(), None)
-    device = p.device if p is not None else torch.device("cpu")
+    device = fm.device
     inputs = {"input_ids": torch.zeros(rows, length, dtype=torch.long, device=device),
               "attention_mask": torch.ones(rows, length, dtype=torch.long, device=device)}
     if getattr(fm.model, "prefix_layer", None) is not None:
@@ -202,7 +202,7 @@ class PerSampleLinears:
             s = self.thetas.shape[0]
             params = self.layout.unflatten(self.thetas)  # {name: [S, *shape]}
         # θ may live in host memory (bayes_lora.lora.device): to the model's device, differentiably
-        device = next(self.fm_model.parameters()).device
+        device = module_device(self.fm_model)
         params = {n: v.to(device) if v.device != device else v for n, v in params.items()}
         self.modules: list[nn.Linear] = []
         for name, (mod, attr) in self.owners.items():

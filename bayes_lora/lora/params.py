@@ -16,6 +16,8 @@ from functools import cached_property
 import torch
 from torch import Tensor, nn
 
+from .device import module_device
+
 
 def trainable_parameter_names(model: nn.Module) -> tuple[str, ...]:
     """Names of the parameters of ``model`` with ``requires_grad`` (its LoRA tensors and head)."""
@@ -170,8 +172,7 @@ class FunctionalModel:
     @property
     def device(self) -> torch.device:
         """Where the model's weights are (its first parameter's device)."""
-        p = next(self.model.parameters(), None)
-        return p.device if p is not None else torch.device("cpu")
+        return module_device(self.model)
 
     def __call__(self, theta: Tensor, **inputs) -> Tensor:
         device = self.device

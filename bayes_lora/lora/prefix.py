@@ -48,12 +48,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .device import module_device
 from .io import load_tensors, save_tensors
 from .params import FunctionalModel, ParamLayout, is_lora_factor
 from .suffix import (
     SuffixFunctionalModel,
     _check_layer,
-    _device_of,
     _run_prefix,
     _split_layer,
     _theta_names,
@@ -287,7 +287,7 @@ class CachedTask:
         model_key = model_key or model_digest(module, layer, layout=layout)
 
         order = torch.argsort(lengths, descending=True, stable=True)
-        device = _device_of(module)
+        device = module_device(module)
         hidden = None
         for start in range(0, len(task), batch_size):
             idx = order[start : start + batch_size]

@@ -46,6 +46,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .device import module_device
 from .params import FunctionalModel, ParamLayout, is_lora_factor
 
 __all__ = [
@@ -241,9 +242,7 @@ def _shallow_copy(module: nn.Module) -> nn.Module:
     return new
 
 
-def _device_of(model: nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
+
 
 
 def _run_prefix(model: nn.Module, layers: nn.ModuleList, layer: int, inputs: dict, *, record: bool = False):
@@ -432,8 +431,8 @@ def suffix_model(model: nn.Module, layer: int, *, layout: ParamLayout | None = N
     if not 1 <= layer < len(layers):
         raise ValueError(f"layer must be in 1..{len(layers) - 1}, got {layer}")
     # how the real layer hands its output on (a tensor in transformers 5, a tuple in 4.x)
-    probe = {"input_ids": torch.zeros(1, 2, dtype=torch.long, device=_device_of(model)),
-             "attention_mask": torch.ones(1, 2, dtype=torch.long, device=_device_of(model))}
+    probe = {"input_ids": torch.zeros(1, 2, dtype=torch.long, device=module_device(model)),
+             "attention_mask": torch.ones(1, 2, dtype=torch.long, device=module_device(model))}
     _, tuple_len = _run_prefix(model, layers, layer, probe, record=True)
 
     parts = where.split(".")
