@@ -102,6 +102,7 @@ _EXPORTS = {
     "load_config": "bayes_lora.experiment.config",
     "run": "bayes_lora.experiment.runner",
     "Runner": "bayes_lora.experiment.runner",
+    "run_seeds": "bayes_lora.experiment.seeds",
 }
 
 __all__ = [
@@ -113,7 +114,7 @@ __all__ = [
     "fine_tune_anchors", "fit", "fit_projected_map", "get_backend", "get_task", "linear_and_curve_paths", "linear_path", "load", "load_backbone",
     "load_config", "load_task", "loo", "loo_summary", "mcmc", "model_sites", "ood_auroc", "orthonormal_span",
     "pca_basis", "posterior_idata", "predict_probs", "random_basis", "register", "register_task", "resolve_data_dir",
-    "run", "summarize", "summary", "task_names", "to_inference_data", "train_curve",
+    "run", "run_seeds", "summarize", "summary", "task_names", "to_inference_data", "train_curve",
     "uncertainty_decomposition", "waic", "with_prefix_cache",
 ]
 

@@ -18,10 +18,11 @@ _EXPORTS = {
     "posterior_idata": "bayes_lora.experiment.evaluate",
     "Runner": "bayes_lora.experiment.runner",
     "run": "bayes_lora.experiment.runner",
+    "run_seeds": "bayes_lora.experiment.seeds",
 }
 
 __all__ = ["ConfigError", "Evaluation", "ExperimentConfig", "Runner", "compare", "evaluate", "load_config",
-           "posterior_idata", "run", "smoke"]
+           "posterior_idata", "run", "run_seeds", "smoke"]
 
 
 def __getattr__(name: str):

@@ -1,6 +1,7 @@
 """``bayes-lora`` / ``python -m bayes_lora``: run a config, or tabulate finished runs.
 
-    bayes-lora run [CONFIG] [--out DIR] [--data-dir DIR] [--device cpu|cuda|auto] [--smoke] [--force] [--debug]
+    bayes-lora run [CONFIG] [--out DIR] [--data-dir DIR] [--device cpu|cuda|auto] [--seeds 0,1,2] [--smoke]
+                   [--force] [--debug]
     bayes-lora validate CONFIG [CONFIG ...] [--device cpu|cuda|auto]
     bayes-lora compare DIR [DIR ...]
 
@@ -39,6 +40,10 @@ def _parser() -> argparse.ArgumentParser:
                    "$BAYES_LORA_DATA_DIR, else ../shared/data of the current folder or of the repository)")
     r.add_argument("--device", default=None, choices=DEVICE_CHOICES, help="where the model, data and caches "
                    "live (overrides runtime.device; auto = cuda when a GPU is visible, else cpu)")
+    r.add_argument("--seeds", default=None, help="replicates: the whole run once per seed (comma-separated, e.g. "
+                   "0,1,2) on the same data, into OUT/seed-<s>/, then mean ± sd per method and the NumPyro "
+                   "comparison against MAP in OUT/report.md (overrides the config's seeds; default OUT: "
+                   "runs/<config name>-seeds)")
     r.add_argument("--smoke", action="store_true", help="the same stages at toy sizes (seconds)")
     r.add_argument("--force", action="store_true", help="reuse an --out that holds the finished run of another "
                    "config or other data (its results are replaced; stages keyed differently are recomputed)")
@@ -97,7 +102,10 @@ def _run(args) -> int:
 
     path = Path(args.config) if args.config else default_config_path()
     cfg = _with_device(load_config(path), args.device)  # a bad config fails here, before any process is started
+    seeds = _parse_seeds(args.seeds) if args.seeds is not None else cfg.seeds
     relaunch_under_torchrun(sys.argv[1:])
+    if seeds:
+        return _run_seeds(args, cfg, seeds)
     out = Path(args.out) if args.out else Path("runs") / (cfg.name + ("-smoke" if args.smoke else ""))
     # --data-dir > $BAYES_LORA_DATA_DIR > ../shared/data (resolved by the Runner, which logs and records it)
     runner = Runner(cfg, out, data_dir=args.data_dir, smoke=args.smoke, progress=False if args.quiet else None,
@@ -108,6 +116,28 @@ def _run(args) -> int:
     from .report import markdown_table, results_table
 
     print(markdown_table(results_table(results), ("ood_auroc",) if results.get("ood_task") else ()))
+    return 0
+
+
+def _parse_seeds(text: str) -> tuple[int, ...]:
+    """``--seeds 0,1,2`` as a tuple; a ValueError naming the option for anything else."""
+    try:
+        seeds = tuple(int(p) for p in text.split(",") if p.strip())
+    except ValueError:
+        raise ValueError(f"--seeds {text!r}: give comma-separated non-negative integers, e.g. --seeds 0,1,2") from None
+    if len(seeds) < 2 or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds {text!r}: give at least two distinct non-negative integers, e.g. --seeds 0,1,2")
+    return seeds
+
+
+def _run_seeds(args, cfg, seeds) -> int:
+    from .seeds import run_seeds, summary_table
+
+    out = Path(args.out) if args.out else Path("runs") / (cfg.name + "-seeds" + ("-smoke" if args.smoke else ""))
+    results = run_seeds(cfg, out, seeds, data_dir=args.data_dir, smoke=args.smoke,
+                        progress=False if args.quiet else None, force=args.force)
+    if results:
+        print(summary_table(results))
     return 0
 
 

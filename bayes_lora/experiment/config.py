@@ -36,10 +36,15 @@ class ConfigError(ValueError):
     """A config that cannot be run; the message names the key and what is allowed."""
 
 
+#: the default of ``data.dev_examples`` (left out of the stage keys of everything but the fits
+#: that read the dev split)
+DEV_EXAMPLES = 500
+
 #: keys added to a table after runs were made, with their defaults: left out of
 #: :meth:`ExperimentConfig.digest` at the default (the hash of a config that does not use them is
 #: the hash it had before they existed)
-LATER_KEYS = {("model", "dtype"): "float32", ("runtime", "device"): "cpu", ("data", "more_ood"): []}
+LATER_KEYS = {("model", "dtype"): "float32", ("runtime", "device"): "cpu", ("data", "more_ood"): [],
+              ("data", "seed"): None, ("data", "dev_examples"): DEV_EXAMPLES}
 
 #: keys that moved, so that an older config gets told where
 MOVED = {"curve.path_points": "paths.points", "curve.path_examples": "paths.examples"}
@@ -174,6 +179,11 @@ class DataConfig:
     ood_examples: int = option(0, ge=0)
     more_ood: tuple[str, ...] = option((), doc="further OOD tasks (registered names), each scored like ood_task "
                                        "(its ood_split, ood_examples) and reported beside it")
+    dev_examples: int = option(DEV_EXAMPLES, ge=0, doc="examples of the task's dev split (a seeded subsample; 0 = all) on "
+                               "which methods choose a scale of their own (laplace prior = \"dev\"); read only "
+                               "when a method asks for it")
+    seed: int | None = option(None, ge=0, doc="the seed of the subsamples (train_examples, test_examples, "
+                              "ood_examples); unset = the run's seed. Replicates over seeds share it")
 
     def __post_init__(self) -> None:
         for key in ("task", "ood_task"):
@@ -213,7 +223,7 @@ class AnchorsConfig(TrainConfig):
     :class:`~bayes_lora.lora.train.TrainConfig` settings (its fields and defaults, inherited)."""
 
     count: int = option(3, ge=1, le=64)
-    seeds: tuple[int, ...] = option((), ge=0, doc="one per anchor; empty = seed, seed+1, …")
+    seeds: tuple[int, ...] = option((), ge=0, doc="one per anchor; empty = seed·count, seed·count + 1, …")
     path: str = option("", doc="use these fine-tuned anchors (an anchors.safetensors of an earlier run) "
                                       "instead of training them; '' = train")
 
@@ -333,6 +343,8 @@ class ExperimentConfig:
 
     seed: int = 0
     name: str = "experiment"
+    #: replicate the whole run once per seed (:func:`~bayes_lora.experiment.seeds.run_seeds`); empty = one run
+    seeds: tuple[int, ...] = ()
     model: ModelConfig = field(default_factory=ModelConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -353,7 +365,7 @@ class ExperimentConfig:
 
         if not isinstance(d, Mapping):
             raise ConfigError(f"a config is a table, got {type(d).__name__}")
-        allowed = ["seed", "name", "posterior", "methods", *cls.TABLES]
+        allowed = ["seed", "seeds", "name", "posterior", "methods", *cls.TABLES]
         unknown = sorted(set(d) - set(allowed))
         if unknown:
             raise ConfigError(f"unknown key {unknown[0]!r} at the top of the config; allowed: {', '.join(allowed)}")
@@ -361,6 +373,12 @@ class ExperimentConfig:
         if "seed" in d:
             kw["seed"] = _coerce(d["seed"], int, "seed")
             _check_range(kw["seed"], {"ge": 0}, "seed")
+        if "seeds" in d:
+            kw["seeds"] = _coerce(d["seeds"], tuple[int, ...], "seeds")
+            for i, v in enumerate(kw["seeds"]):
+                _check_range(v, {"ge": 0}, f"seeds[{i}]")
+            if len(set(kw["seeds"])) != len(kw["seeds"]):
+                raise ConfigError(f"seeds must be distinct, got {list(kw['seeds'])}")
         if "name" in d:
             kw["name"] = _coerce(d["name"], str, "name")
         for name, sub in cls.TABLES.items():
@@ -435,7 +453,23 @@ class ExperimentConfig:
     # ----------------------------------------------------------------------------------------
     @property
     def anchor_seeds(self) -> tuple[int, ...]:
-        return self.anchors.seeds or tuple(self.seed + i for i in range(self.anchors.count))
+        """``anchors.seeds``, else ``seed · count + i``: runs of different seeds (replicates) never
+        share an anchor (seed 0: 0, 1, 2; seed 1: 3, 4, 5 for three anchors)."""
+        n = self.anchors.count
+        return self.anchors.seeds or tuple(self.seed * n + i for i in range(n))
+
+    @property
+    def data_seed(self) -> int:
+        """The seed of the data subsamples: ``data.seed``, else ``seed``."""
+        return self.seed if self.data.seed is None else self.data.seed
+
+    def replicate(self, seed: int) -> ExperimentConfig:
+        """This config run with another ``seed`` on the same data: the anchors' initialisation
+        and batch order, the curve's, every method's sampling change; the data subsamples
+        (:attr:`data_seed`) do not. ``seeds`` is cleared (a replicate is one run). The replicate
+        of the config's own seed is the config itself (same hash, same stages)."""
+        data_seed = self.data_seed
+        return self.with_overrides(seed=seed, seeds=[], data={"seed": None if data_seed == seed else data_seed})
 
     @property
     def needs_curve(self) -> bool:
@@ -443,6 +477,8 @@ class ExperimentConfig:
 
     def to_dict(self) -> dict:
         d = {"seed": self.seed, "name": self.name}
+        if self.seeds:  # absent when empty: the hashes of one-seed configs are those from before the key
+            d["seeds"] = list(self.seeds)
         for name in self.TABLES:
             table = getattr(self, name)
             d[name] = _plain({f.name: _value(getattr(table, f.name)) for f in config_fields(type(table))})
@@ -562,7 +598,8 @@ def smoke(cfg: ExperimentConfig) -> ExperimentConfig:
             opts[k] = min(opts.get(k, v), v) if isinstance(v, (int, float)) else v
         methods[label] = {"method": m.method, **opts}
     return cfg.with_overrides(
-        data={"train_examples": min(cfg.data.train_examples, 48), "test_examples": 32, "ood_examples": 32},
+        data={"train_examples": min(cfg.data.train_examples, 48), "test_examples": 32, "ood_examples": 32,
+              "dev_examples": 32},
         anchors={"max_steps": 3, "batch_size": 8},
         curve={"max_steps": 3, "batch_size": 8},
         paths={"points": 3, "examples": 32},

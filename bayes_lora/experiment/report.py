@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import shutil
 import warnings
 from pathlib import Path
@@ -153,6 +154,7 @@ def _markdown(runner, results: dict, rows: list[dict], figures: list[tuple[str, 
             lines.append(f"| {k} | " + " | ".join("–" if a is None else f"{a:.4f}" for a in accs) + " |")
         lines.append("")
     lines += _ood_lines(results)
+    lines += _dev_lines(results)
     lines += _spectrum_lines(results)
     mcmc = {k: m for k, m in results["methods"].items() if "r_hat" in m}
     if mcmc:
@@ -177,6 +179,27 @@ def _markdown(runner, results: dict, rows: list[dict], figures: list[tuple[str, 
         for name, caption in figures:
             lines += [f"![{caption}](figures/{name})", "", f"*{caption}*", ""]
     return "\n".join(lines)
+
+
+def _dev_lines(results: dict) -> list[str]:
+    """The scales chosen on the task's dev split (e.g. ``laplace`` with ``prior = "dev"``)."""
+    rows = {k: m["dev_choice"] for k, m in results["methods"].items() if isinstance(m.get("dev_choice"), dict)}
+    if not rows:
+        return []
+    lines = ["## Scales chosen on the dev split", "",
+             ("| method | parameter | candidates | chosen | without the dev split | dev NLL chosen | dev NLL there | "
+             "dev examples |"), "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for k, c in rows.items():
+        ref = c.get("reference")
+        at_ref = next((v for g, v in zip(c["grid"], c["dev_nll"]) if ref is not None and math.isclose(g, ref)), None)
+        lines.append(f"| {k} | {c['parameter']} | {len(c['grid'])} | {c['chosen']:.4g} | "
+                     + ("–" if ref is None else f"{ref:.4g} ({c.get('reference_name') or 'default'})")
+                     + f" | {c['dev_nll'][c['index']]:.4f} | " + ("–" if at_ref is None else f"{at_ref:.4f}")
+                     + f" | {c['examples']} |")
+    lines += ["", ("Each such method evaluated its candidates on the task's dev split (never the test set) and "
+                   "kept the one of lowest dev NLL; the candidates reach a posterior close to the MAP, so a "
+                   "posterior that harms on held-out data is shrunk instead of kept."), ""]
+    return lines
 
 
 def _spectrum_lines(results: dict) -> list[str]:

@@ -22,7 +22,7 @@ from torch import Tensor
 from ..inference.base import PROJECTED_LR, Needs
 from ..lora.io import atomic_write_bytes, atomic_write_json, file_digest, load_tensors, save_tensors
 from ..lora.train import NumericalError
-from .config import ConfigError, ExperimentConfig, dump_toml, hash_json
+from .config import DEV_EXAMPLES, ConfigError, ExperimentConfig, dump_toml, hash_json
 from .config import smoke as smoke_config
 from .distributed import Cluster, launched_rank
 from .evaluate import (
@@ -65,6 +65,7 @@ class Prepared:
     ood: object | None
     data_info: dict = field(default_factory=dict)
     more_ood: dict = field(default_factory=dict)  # further OOD sets by task name (data.more_ood)
+    dev: object | None = None  # the dev split, loaded when a method chooses a scale on it (Needs.DEV)
 
 
 def _log_default(msg: str) -> None:
@@ -76,7 +77,8 @@ class Runner:
 
     def __init__(self, cfg: ExperimentConfig, out: str | Path, *, data_dir: str | None = None,
                  smoke: bool = False, log: Callable[[str], None] = _log_default, progress: bool | None = None,
-                 force: bool = False, free_memory: Callable[[torch.device], tuple[int, int]] | None = None):
+                 force: bool = False, free_memory: Callable[[torch.device], tuple[int, int]] | None = None,
+                 prepared: Prepared | None = None):
         from ..data.paths import find_data_dir
 
         self.cfg = smoke_config(cfg) if smoke else cfg
@@ -98,12 +100,18 @@ class Runner:
         self.prep: Prepared | None = None
         # (free, total) bytes of the run's device; None: torch.cuda.mem_get_info on a GPU, no check on a CPU
         self.free_memory = free_memory
+        # another run's loaded model and encoded data, reused when only the seed differs (replicates)
+        self._reuse = prepared
 
     # ------------------------------------------------------------------ keys ---------------
     def key(self, stage: str, method: str | int | None = None) -> str:
         c = self.cfg
-        data = hash_json({"model": c.digest("model"), "data": c.digest("data"), "seed": c.seed,
-                          "format": STAGES_FORMAT, "inputs": self.input_digests()})
+        inputs = self.input_digests()
+        # only the methods that choose on the dev split depend on it (its file and data.dev_examples)
+        dev = inputs.pop("dev", None)
+        data_table = c.with_overrides(data={"dev_examples": DEV_EXAMPLES}).digest("data")
+        data = hash_json({"model": c.digest("model"), "data": data_table, "seed": c.seed,
+                          "format": STAGES_FORMAT, "inputs": inputs})
         # a given anchors file is one of the inputs: its contents are in ``data`` already
         anchors = hash_json([data, c.digest("lora"), c.digest("anchors"), list(c.anchor_seeds)])
         curve = hash_json([anchors, c.digest("curve")])
@@ -118,6 +126,8 @@ class Runner:
             return hash_json([curve, c.digest("paths")])
         if stage == "projected_map":
             return hash_json([anchors, "projected_map", PROJECTED_LR])
+        if stage == "dev":
+            return hash_json([data, "dev", dev, c.data.dev_examples])
         if stage in ("fit", "eval"):
             backend, options = self.method_options(method)
             needs = backend.needs(options)
@@ -139,13 +149,18 @@ class Runner:
             options.setdefault("posterior", self.cfg.posterior)
         return backend, options
 
+    def uses_dev(self) -> bool:
+        """Whether a configured method chooses a scale on the task's dev split (:attr:`Needs.DEV`)."""
+        return Needs.DEV in self.needs()
+
+    def method_needs(self, label: str) -> frozenset:
+        """What method ``label`` fits from (:class:`~bayes_lora.inference.base.Needs`)."""
+        backend, options = self.method_options(label)
+        return frozenset(backend.needs(options))
+
     def needs(self) -> frozenset:
         """What the configured methods fit from (:class:`~bayes_lora.inference.base.Needs`)."""
-        out: set = set()
-        for label in self.cfg.methods:
-            backend, options = self.method_options(label)
-            out |= backend.needs(options)
-        return frozenset(out)
+        return frozenset().union(*(self.method_needs(label) for label in self.cfg.methods))
 
     # ------------------------------------------------------------------ inputs -------------
     def inputs(self) -> dict[str, dict]:
@@ -202,6 +217,8 @@ class Runner:
                 add("ood_classes", d.ood_spec, src)
         for more in d.more_ood_specs:
             add(f"ood:{more.name}", more, d.ood_split)
+        if self.uses_dev() and spec.has_split("dev"):
+            add("dev", spec, "dev")
         model = Path(c.model.name).expanduser()
         if model.is_dir():
             for f in sorted(model.iterdir()):
@@ -230,7 +247,7 @@ class Runner:
         device = self.device()
         d = c.data
         spec = d.task_spec
-        kw = {"data_dir": self.data_dir, "seed": c.seed}
+        kw = {"data_dir": self.data_dir, "seed": c.data_seed}
         # class ids come from the training split's labels (or the spec's labels), read once
         classes = spec.classes(self.data_dir) if spec.kind == "classification" else None
         train = spec.load("train", max_examples=d.train_examples, min_words=d.min_words, classes=classes, **kw)
@@ -245,11 +262,19 @@ class Runner:
 
         ood = load_ood(d.ood_spec) if d.ood_spec is not None else None
         more = {mspec.name: load_ood(mspec) for mspec in d.more_ood_specs}
+        dev = None
+        if self.uses_dev():
+            if not spec.has_split("dev"):
+                who = [label for label in c.methods if Needs.DEV in self.method_needs(label)]
+                raise ConfigError(f"methods.{who[0]} chooses its scale on the dev split, but data.task = "
+                                  f"{spec.name!r} has no dev split: give the task a dev file, or a fixed value "
+                                  f"(e.g. prior = \"marglik\")")
+            dev = spec.load("dev", max_examples=d.dev_examples or None, min_words=0, classes=classes, **kw)
         lora = LoraSettings(r=c.lora.r, alpha=c.lora.alpha, dropout=c.lora.dropout,
                             target_modules=tuple(c.lora.target_modules), train_head=c.lora.train_head,
                             layers=tuple(c.lora.layers) or None)
         n_classes = getattr(train, "num_classes", None) or train.num_choices
-        self._check_memory(device, [x for x in (train, test, ood, *more.values()) if x is not None])  # before weights
+        self._check_memory(device, [x for x in (train, test, ood, dev, *more.values()) if x is not None])
         bb = load_backbone(c.model.name, kind=c.model.kind, num_labels=n_classes, lora=lora, dtype=c.model.dtype,
                            device=device)
         self._check_methods(bb.model)
@@ -258,11 +283,13 @@ class Runner:
         tr, te = enc(train), enc(test)
         oo = enc(ood) if ood is not None else None
         mo = {name: enc(x) for name, x in more.items()}
+        dv = enc(dev) if dev is not None else None
         fm = FunctionalModel(bb.model)
         if c.runtime.prefix_cache:
-            fm, tr, te, oo, mo = self._prefix_cache(fm, tr, te, oo, mo)
+            fm, tr, te, oo, mo, dv = self._prefix_cache(fm, tr, te, oo, mo, dv)
             tr, te = task_to(tr, device), task_to(te, device)  # the caches (built in host memory) too
             oo = task_to(oo, device) if oo is not None else None
+            dv = task_to(dv, device) if dv is not None else None
             mo = {name: task_to(x, device) for name, x in mo.items()}
         info = {"train_examples": len(tr), "test_examples": len(te), "ood_examples": 0 if oo is None else len(oo),
                 "lora_numbers": int(fm.layout.dim), "task": spec.to_dict(),
@@ -271,9 +298,25 @@ class Runner:
             info["ood_task"] = d.ood_spec.to_dict()
         if mo:
             info["more_ood_examples"] = {name: len(x) for name, x in mo.items()}
+        if dv is not None:
+            info["dev_examples"] = len(dv)
         info.update(self.data_record())
-        self.prep = Prepared(c, bb, fm, tr, te, oo, info, mo)
+        self.prep = Prepared(c, bb, fm, tr, te, oo, info, mo, dv)
         if c.anchors.path:  # checked against the model now, before anything is written
+            self._given = self._given_anchors()
+        return self.prep
+
+    def reuse_or_prepare(self) -> Prepared:
+        """:meth:`prepare`, or the ``prepared`` given to the runner when it was made for a config
+        that differs from this one in ``seed`` only (the model, the data and their caches do not
+        depend on it: :meth:`ExperimentConfig.replicate`)."""
+        from dataclasses import replace
+
+        old = self._reuse
+        if old is None or old.cfg.replicate(0).digest() != self.cfg.replicate(0).digest():
+            return self.prepare()
+        self.prep = replace(old, cfg=self.cfg)
+        if self.cfg.anchors.path:
             self._given = self._given_anchors()
         return self.prep
 
@@ -335,20 +378,22 @@ class Runner:
             except ValueError as e:
                 raise ConfigError(f"methods.{label}: {e}") from None
 
-    def _prefix_cache(self, fm, tr, te, oo, mo):
+    def _prefix_cache(self, fm, tr, te, oo, mo, dv):
         try:
             from ..lora.prefix import with_prefix_cache
         except ImportError:  # pragma: no cover - the cache is an optimisation
-            return fm, tr, te, oo, mo
+            return fm, tr, te, oo, mo, dv
         start = time.perf_counter()
-        tasks = [t for t in (tr, te, oo, *mo.values()) if t is not None]
+        tasks = [t for t in (tr, te, oo, dv, *mo.values()) if t is not None]
         fm2, *cached = with_prefix_cache(fm, *tasks)
         if fm2 is not fm:
             self.log(f"prefix cache: hidden states below the first adapted layer computed once "
                      f"({time.perf_counter() - start:.1f} s)")
         it = iter(cached)
-        tr, te, oo = next(it), next(it), (next(it) if oo is not None else None)
-        return fm2, tr, te, oo, {name: next(it) for name in mo}
+        tr, te = next(it), next(it)
+        oo = next(it) if oo is not None else None
+        dv = next(it) if dv is not None else None
+        return fm2, tr, te, oo, {name: next(it) for name in mo}, dv
 
     # ------------------------------------------------------------------ stages -------------
     def _stage(self, name: str, key: str, build: Callable[[Path], dict | None]) -> Path:
@@ -506,7 +551,7 @@ class Runner:
         p = self.prep
         return FitContext(p.fm, p.train, anchors=anchors, curve=curve, projected=projected,
                           train_config=self._train_config(), projected_lr=PROJECTED_LR, seed=self.cfg.seed,
-                          progress=self.progress, metadata=p.backbone.metadata())
+                          progress=self.progress, metadata=p.backbone.metadata(), dev=p.dev)
 
     def _fit_checkpointer(self, label: str):
         """Checkpoints of the loops inside a fit (SWAG's collection), keyed by the method's fit stage."""
@@ -671,7 +716,7 @@ class Runner:
             self.log(f"data: {where} (from {self.data_dir_from})" if where else
                      "data: no data folder found (relative paths start from the current folder)")
         replacing = self._check_folder()
-        self.prepare()
+        self.reuse_or_prepare()
         if main:  # written only now that data, model and anchors are checked
             for name in RESULT_FILES if replacing else ():
                 (self.out / name).unlink(missing_ok=True)
@@ -698,6 +743,8 @@ class Runner:
         for label in self.cfg.methods:
             post = self.fit_method(label, ctx)
             methods[label] = self.evaluate_method(label, post)
+            if "dev_choice" in post.info.stats:  # a scale chosen on the dev split: what, from which candidates
+                methods[label]["dev_choice"] = post.info.stats["dev_choice"]
         results = {
             "config_hash": self.cfg.digest(),
             "name": self.cfg.name,

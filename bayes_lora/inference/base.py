@@ -13,6 +13,7 @@ Every method is fitted by a registered function ``fit(ctx, **options) -> Posteri
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import Enum
@@ -76,6 +77,9 @@ class Needs(str, Enum):
     """A trained Bézier curve ``FitContext.curve``."""
     PROJECTED_MAP = "projected_map"
     """A MAP core in the LoRA-XS space ``FitContext.projected`` (:func:`fit_projected_map`)."""
+    DEV = "dev"
+    """Held-out labelled examples ``FitContext.dev`` (the task's dev split) on which a method
+    chooses a scale of its own (e.g. the Laplace prior precision, ``prior="dev"``)."""
 
 
 #: spaces of r×r cores between rank-r SVD factors (``ProjectedSpace``): LoRA rank ≤ every adapted
@@ -167,6 +171,8 @@ class FitContext:
     progress: show tqdm bars.
     checkpointer: ``name -> LoopCheckpoint | None``; long training loops inside a fit (SWAG's
         collection) checkpoint through it and resume from it (the runner sets it).
+    dev: held-out labelled examples of the task (its dev split, never the test set) on which a
+        method chooses a scale (:attr:`Needs.DEV`; None: such a method refuses).
     """
 
     fm: FunctionalModel
@@ -180,6 +186,7 @@ class FitContext:
     progress: bool = False
     metadata: dict = field(default_factory=dict)
     checkpointer: Callable[[str], LoopCheckpoint | None] | None = None
+    dev: EncodedTask | None = None
     _memo: dict = field(default_factory=dict, init=False, repr=False)
 
     def checkpoint(self, name: str) -> LoopCheckpoint | None:
@@ -193,6 +200,14 @@ class FitContext:
         if key not in self._memo:
             self._memo[key] = build()
         return self._memo[key]
+
+    def require_dev(self, what: str) -> EncodedTask:
+        """The dev task, or a ValueError saying that ``what`` needs one."""
+        if self.dev is None or len(self.dev) == 0:
+            raise ValueError(f"{what} chooses its value on held-out data: give the context a dev task "
+                             "(FitContext(..., dev=encode(task_dev, tokenizer))); the runner loads the task's "
+                             "dev split")
+        return self.dev
 
     def require_anchors(self, k: int = 1) -> Tensor:
         if self.anchors is None or self.anchors.shape[0] < k:
@@ -268,6 +283,50 @@ def space_from_state(
         space.load_state_dict(saved)
     space.source = "update" if kind is SpaceKind.ADAPTER else "weight"
     return space
+
+
+#: ``scale="dev"`` of the sampled Gaussians (SWAG, VI): the candidate multipliers of the covariance.
+#: 1/64 is within 1/8 of a standard deviation of the Gaussian's mean, so a spread that harms on
+#: held-out data can shrink nearly away; 2 widens it (Maddox et al. 2019 sample SWAG at 0.5).
+DEV_SCALE_GRID = (1 / 64, 1 / 16, 1 / 4, 1 / 2, 1.0, 2.0)
+
+#: predictive samples per candidate of a choice on the dev split (the same seed for every
+#: candidate: common random numbers, so candidates differ by their scale, not by their noise)
+DEV_SAMPLES = 8
+
+
+def predictive_nll(probs: Tensor, labels: Tensor) -> float:
+    """NLL of the predictive (the mean over samples of ``probs`` [S, N, C], or [N, C]) at ``labels``."""
+    p = probs.mean(0) if probs.dim() == 3 else probs
+    return float(-p.gather(-1, labels.long().to(p.device)[:, None]).clamp_min(1e-12).log().mean())
+
+
+def choose_on_dev(candidates, grid, dev: EncodedTask, *, parameter: str, prefer_low: bool,
+                  reference: float | None = None, reference_name: str = "", nlls=None,
+                  num_samples: int = DEV_SAMPLES, seed: int = 0, batch_size: int = 64) -> tuple[int, dict]:
+    """The candidate posterior (one per value of ``grid``) of lowest NLL on ``dev``, and its
+    :func:`dev_choice` record. Each is evaluated with ``num_samples`` draws seeded by ``seed``
+    (``nlls``: NLLs the caller computed itself). A tie goes to the smaller value of ``grid`` when
+    ``prefer_low`` (a narrower posterior), else to the larger (a larger prior precision)."""
+    t0 = time.perf_counter()
+    if nlls is None:
+        nlls = [predictive_nll(c.predict(dev, num_samples=num_samples, seed=seed, batch_size=batch_size).probs,
+                               dev.labels) for c in candidates]
+    best = min(range(len(grid)), key=lambda i: (nlls[i], grid[i] if prefer_low else -grid[i]))
+    return best, dev_choice(parameter, grid, nlls, best, reference=reference, reference_name=reference_name,
+                            examples=len(dev), seconds=time.perf_counter() - t0)
+
+
+def dev_choice(parameter: str, grid, dev_nll, best: int, *, reference: float | None = None,
+               reference_name: str = "", examples: int, seconds: float) -> dict[str, Any]:
+    """The record of a scale chosen on the dev split, as every backend stores it in
+    ``info.stats["dev_choice"]`` (the runner's results and report read it): the ``parameter``'s
+    candidate values ``grid``, the dev NLL of each, the ``chosen`` one (index ``best``), the value
+    it would have had without the dev split (``reference``, e.g. the evidence's), the dev
+    examples and the seconds the choice took."""
+    return {"parameter": parameter, "grid": [float(g) for g in grid], "dev_nll": [float(v) for v in dev_nll],
+            "chosen": float(grid[best]), "index": int(best), "reference": None if reference is None else float(reference),
+            "reference_name": reference_name, "examples": int(examples), "seconds": float(seconds)}
 
 
 @torch.no_grad()

@@ -21,7 +21,7 @@ from ..lora.train import NumericalError
 from ..models import CurveModel, CurvePosteriorSpec, TaskLogits
 from ..models.likelihood import seeded_rows
 from ..types import FitInfo
-from .base import FitContext, Needs, Posterior
+from .base import FitContext, Needs, Posterior, choose_on_dev
 from .registry import register
 
 INFERENCE = ("nuts", "hmc", "svi", "slice", "grid")
@@ -176,7 +176,82 @@ def _get_curve(ctx: FitContext, curve: BezierCurve | None) -> BezierCurve:
     return curve
 
 
-@register("curve", CurvePosterior, choices={"inference": INFERENCE}, needs=(Needs.CURVE,))
+#: ``[posterior] temperature = "dev"``: the candidate likelihood temperatures (1e4: nearly the flat
+#: posterior, the plain average along the curve)
+DEV_TEMPERATURE_GRID = (1.0, 3.0, 10.0, 20.0, 50.0, 100.0, 1e4)
+
+#: knots of the logits a dev choice of T reads (when the fit caches none of its own)
+DEV_KNOTS = 33
+
+
+def _declared_temperature(posterior) -> Any:
+    if isinstance(posterior, CurvePosteriorSpec):
+        return posterior.temperature
+    return (posterior or {}).get("temperature") if isinstance(posterior, dict) else None
+
+
+def _needs(options) -> tuple[Needs, ...]:
+    """The trained curve, and the dev task for ``posterior.temperature = "dev"``."""
+    return (Needs.CURVE, *((Needs.DEV,) if _declared_temperature(options.get("posterior")) == "dev" else ()))
+
+
+def _train_grid(ctx: FitContext, model: CurveModel, curve: BezierCurve, knots: int):
+    """The training logits at ``knots`` knots of t (:class:`LogitGrid`), built once per context,
+    curve and posterior whatever the temperature (the logits do not depend on it)."""
+    from dataclasses import replace
+
+    from ..models.logit_grid import LogitGrid
+
+    untempered = json.dumps({**model.spec.to_dict(), "temperature": None}, sort_keys=True)
+    grid = ctx.memo(("logit_grid", untempered, knots, id(curve)), lambda: LogitGrid.build(model, knots))
+    return replace(grid, temperature=float(model.spec.temperature))
+
+
+def choose_temperature(ctx: FitContext, spec: CurvePosteriorSpec, curve: BezierCurve, *, knots: int = DEV_KNOTS,
+                       points: int = 401) -> tuple[float, dict]:
+    """The temperature of :data:`DEV_TEMPERATURE_GRID` whose curve posterior's model average has
+    the lowest NLL on ``ctx.dev``, and the :func:`~bayes_lora.inference.base.dev_choice` record.
+
+    Exact in t up to the grids: the training and the dev logits are computed at ``knots`` knots of
+    the curve (the training ones are those the cached NUTS / SVI reuse) and interpolated on
+    ``points`` values of t; for each T, p(t | D) ∝ p(t) exp(log-likelihood / T) there, and the dev
+    predictive is the p(t | D)-weighted average of the dev probabilities."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from ..models.logit_grid import LogitGrid, numpyro_t_prior
+
+    dev = ctx.require_dev("curve: posterior temperature = 'dev'")
+    t0 = time.perf_counter()
+    model = CurveModel(replace(spec, temperature=1.0), curve, FullSpace(ctx.fm.layout),
+                       TaskLogits(ctx.fm, ctx.train, examples=spec.likelihood_examples, seed=ctx.seed))
+    train = _train_grid(ctx, model, curve, knots)
+    dev_lik = TaskLogits(ctx.fm, dev)
+    dev_grid = ctx.memo(("dev_logit_grid", knots, id(curve), id(dev)), lambda: LogitGrid.tabulate(
+        lambda tk: dev_lik.logits(model.theta(tk)), knots, dev_lik.labels, 1.0, numpyro_t_prior(model.t_prior)))
+    ts = np.linspace(0.0, 1.0, points)
+    ll = np.array([float(train.log_likelihood(float(t))) for t in ts])  # untempered: T = 1
+    logits = np.stack([np.asarray(dev_grid.interpolate(float(t))) for t in ts])  # [points, n, C]
+    logp = logits - logits.max(-1, keepdims=True)
+    probs = np.exp(logp) / np.exp(logp).sum(-1, keepdims=True)
+    p_dev = probs[:, np.arange(len(dev)), dev.labels.long().cpu().numpy()]  # [points, n]: p(y_i | t)
+    log_prior = model.t_log_prior(torch.as_tensor(ts, dtype=torch.float32)).double().numpy()
+    trap = np.full(points, 1.0 / (points - 1))
+    trap[[0, -1]] /= 2
+    nlls = []
+    for temp in DEV_TEMPERATURE_GRID:
+        lw = log_prior + ll / temp
+        w = np.exp(lw - lw.max()) * trap
+        w /= w.sum()
+        nlls.append(float(-np.log(np.clip(w @ p_dev, 1e-12, None)).mean()))
+    best, record = choose_on_dev([None] * len(nlls), DEV_TEMPERATURE_GRID, dev, parameter="temperature",
+                                 prefer_low=True, nlls=nlls, reference=None)
+    record["seconds"] = time.perf_counter() - t0
+    return DEV_TEMPERATURE_GRID[best], record
+
+
+@register("curve", CurvePosterior, choices={"inference": INFERENCE}, needs=_needs)
 def fit_curve(
     ctx: FitContext,
     *,
@@ -208,8 +283,6 @@ def fit_curve(
     if inference == "grid" and spec.offset.dim:
         raise ValueError("grid quadrature is exact for t alone: set offset.dim = 0 or use nuts/svi")
     curve = _get_curve(ctx, curve)
-    lik = TaskLogits(ctx.fm, ctx.train, examples=spec.likelihood_examples, seed=ctx.seed)
-    model = CurveModel(spec, curve, FullSpace(ctx.fm.layout), lik)
     options = {"posterior": spec.to_dict(), "inference": inference, "num_samples": num_samples,
                "warmup": warmup, "num_chains": num_chains, "svi_steps": svi_steps, "guide": guide,
                "grid_points": grid_points, "logit_cache": logit_cache}
@@ -217,11 +290,21 @@ def fit_curve(
         raise ValueError("logit_cache covers the curve position t alone: set posterior.offset.dim = 0 "
                          "or logit_cache = 0 (exact model evaluation)")
     start = time.perf_counter()
-    if logit_cache and inference in ("nuts", "hmc", "svi"):
-        from ..models.logit_grid import LogitGrid, run_numpyro_nuts, run_numpyro_svi
+    chosen: dict | None = None
+    if spec.temperature == "dev":
+        from dataclasses import replace
 
-        key = ("logit_grid", json.dumps(spec.to_dict(), sort_keys=True), logit_cache, id(curve))
-        grid = ctx.memo(key, lambda: LogitGrid.build(model, logit_cache))
+        if spec.offset.dim:
+            raise ValueError("posterior temperature = 'dev' is chosen along the curve (t alone): set "
+                             "posterior.offset.dim = 0 or a fixed temperature")
+        temperature, chosen = choose_temperature(ctx, spec, curve, knots=logit_cache or DEV_KNOTS)
+        spec = replace(spec, temperature=temperature)
+    lik = TaskLogits(ctx.fm, ctx.train, examples=spec.likelihood_examples, seed=ctx.seed)
+    model = CurveModel(spec, curve, FullSpace(ctx.fm.layout), lik)
+    if logit_cache and inference in ("nuts", "hmc", "svi"):
+        from ..models.logit_grid import run_numpyro_nuts, run_numpyro_svi
+
+        grid = _train_grid(ctx, model, curve, logit_cache)
         losses = ()
         if inference == "svi":
             t, stats, losses = run_numpyro_svi(grid, steps=svi_steps, lr=svi_lr, num_samples=num_samples,
@@ -231,6 +314,8 @@ def fit_curve(
                                         seed=ctx.seed, max_tree_depth=max_tree_depth, kind=inference)
         stats["logit_cache_seconds"] = grid.seconds
         stats["interpolation_check"] = grid.check(model.log_likelihood_grid)
+        if chosen is not None:
+            stats["dev_choice"] = chosen
         info = FitInfo(time.perf_counter() - start, tuple(losses), stats)
         return CurvePosterior(ctx.fm, model, t, None, options=options, info=info)
     if inference in ("nuts", "hmc"):
@@ -244,6 +329,8 @@ def fit_curve(
     else:
         t, stats = _run_grid(model, grid_points, num_samples, ctx.seed)
         z, losses = None, ()
+    if chosen is not None:
+        stats["dev_choice"] = chosen
     info = FitInfo(time.perf_counter() - start, tuple(losses), stats)
     return CurvePosterior(ctx.fm, model, t, z, options=options, info=info)
 

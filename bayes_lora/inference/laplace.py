@@ -92,9 +92,12 @@ from ..types import Batch, EncodedTask, FitInfo, Prediction, over_batches
 from .base import (
     CORE_SPACES,
     FitContext,
+    Needs,
     Posterior,
     SpaceKind,
+    choose_on_dev,
     needs_for_space,
+    predictive_nll,
     space_from_state,
     space_state,
 )
@@ -343,6 +346,27 @@ class LaplacePosterior(Posterior):
         )
 
 
+def _shared_jacobian_nlls(posts: list[LaplacePosterior], dev: EncodedTask, batch_size: int = 64) -> list[float] | None:
+    """The dev NLL of each posterior's GLM probit predictive, for posteriors that differ only in Σ
+    (one mean, one space): per batch J is taken once and only J Σ Jᵀ is formed per posterior.
+    None for other predictives (evaluated one by one by :func:`choose_on_dev`)."""
+    first = posts[0]
+    if not (first.predictive is Predictive.GLM and first.link is Link.PROBIT and first._per_example):
+        return None
+
+    def per_batch(batch) -> Tensor:  # [K, B, C]: the probit predictive of every posterior
+        jac, f = per_example_jacobians(first.fm, first.space, dev, batch, first.mean)
+        out = []
+        for post in posts:
+            var = post.factor.square_form(jac).diagonal(dim1=-2, dim2=-1)
+            out.append((f.to(var.device) / torch.sqrt(1.0 + math.pi / 8 * var)).softmax(-1).cpu())
+        return torch.stack(out)
+
+    with torch.no_grad():
+        probs = over_batches(dev, batch_size, per_batch, dim=1)
+    return [predictive_nll(p, dev.labels) for p in probs]
+
+
 def _psd_sqrt(cov: Tensor) -> Tensor:
     """Symmetric square roots [B, C, C] of PSD matrices (eigenvalues clamped at 0)."""
     cov = (cov + cov.transpose(-1, -2)) / 2
@@ -352,6 +376,12 @@ def _psd_sqrt(cov: Tensor) -> Tensor:
 
 
 # --- fitting -----------------------------------------------------------------------------------------
+
+
+#: ``prior="dev"``: the candidate prior precisions, as multiples of the evidence's λ (laplace-torch's
+#: ``gridsearch`` spans a log grid too; this one is centred on the evidence and reaches far towards
+#: the MAP — a 256× precision — so that a Laplace that harms on held-out data can shrink away)
+DEV_PRIOR_GRID = (1 / 16, 1 / 4, 1.0, 4.0, 16.0, 64.0, 256.0)
 
 
 def _subset(task: EncodedTask, subset: int | None, seed: int) -> EncodedTask:
@@ -374,8 +404,8 @@ def _check_options(space, hessian, prior, predictive, link, temperature, tensors
     _choice(Predictive, predictive, "predictive")
     _choice(Link, link, "link")
     if isinstance(prior, str):
-        if prior != "marglik":
-            raise ValueError(f"laplace: prior must be 'marglik' or a float ≥ 0, got {prior!r}")
+        if prior not in ("marglik", "dev"):
+            raise ValueError(f"laplace: prior must be 'marglik', 'dev' or a float ≥ 0, got {prior!r}")
     elif not (isinstance(prior, (int, float)) and math.isfinite(prior) and prior >= 0):
         raise ValueError(f"laplace: a fixed prior precision must be a float ≥ 0, got {prior!r}")
     if isinstance(temperature, bool) or not (isinstance(temperature, (int, float)) and math.isfinite(temperature)
@@ -408,9 +438,14 @@ def _check(options, model) -> None:
         MaskedSpace.check_patterns(ParamLayout.from_model(model), o["tensors"])
 
 
+def _needs(options) -> tuple[Needs, ...]:
+    """The space's (:func:`needs_for_space`), and the dev task for ``prior="dev"``."""
+    return (*needs_for_space("space")(options), *((Needs.DEV,) if options.get("prior") == "dev" else ()))
+
+
 @register("laplace", LaplacePosterior, choices={"space": SpaceKind, "hessian": HessianStructure,
                                               "predictive": Predictive, "link": Link},
-          needs=needs_for_space("space"), check=_check)
+          needs=_needs, check=_check)
 def fit_laplace(
     ctx: FitContext,
     *,
@@ -441,7 +476,11 @@ def fit_laplace(
         without per-example adapters, with a zero prior, or with more than
         :data:`~bayes_lora.inference.laplace_torch.MAX_LOWRANK_ROWS` GGN rows (subset × (C − 1)).
     prior: "marglik" (scalar prior precision maximising the Laplace evidence, laplace-torch's
-        ``optimize_prior_precision``) or a fixed prior precision λ ≥ 0.
+        ``optimize_prior_precision``), "dev" (the λ of :data:`DEV_PRIOR_GRID` × the evidence's λ
+        whose predictive has the lowest NLL on ``ctx.dev``, the task's dev split — laplace-torch's
+        ``gridsearch`` on a validation loader, around the evidence; the grid reaches 256 × the
+        evidence's precision, a posterior near the MAP, so a posterior that harms on dev is not
+        chosen) or a fixed prior precision λ ≥ 0.
     predictive: "glm" or "sampled".
     link: "probit" or "mc" (GLM predictive only).
     subset: fit the Hessian on this many training examples (a sample seeded by ``ctx.seed``);
@@ -531,7 +570,7 @@ def fit_laplace(
         with _quiet_vmap_fallback():
             la.fit(loader, progress_bar=ctx.progress)
         t1 = time.perf_counter()
-        if prior == "marglik":
+        if prior in ("marglik", "dev"):  # "dev" searches around the evidence's λ
             with warnings.catch_warnings():
                 # laplace-torch reminds that the probit link is the default of its own predictive
                 warnings.filterwarnings("ignore", message=".*link_approx.*")
@@ -542,10 +581,9 @@ def fit_laplace(
         lml = float(la.log_marginal_likelihood().detach())
         if la.n_params != d or not torch.allclose(la.mean.float(), mean.float()):
             raise RuntimeError("laplace: laplace-torch's mean is not the MAP latent (parameter order?)")
-        factor_cls = FACTORS[structure.value]
-        factor, jitter = factor_cls.from_precision(la.posterior_precision)
+        factor, jitter = FACTORS[structure.value].from_precision(la.posterior_precision)
         prior_prec = la.prior_precision.detach().reshape(-1)
-        return factor, jitter, lml, prior_prec, t1 - t0, t2 - t1
+        return la, factor, jitter, lml, prior_prec, t1 - t0, t2 - t1
 
     if structure is HessianStructure.KRON:
         free = param_space.free_names if isinstance(param_space, MaskedSpace) else fm.layout.names
@@ -557,7 +595,29 @@ def fit_laplace(
         # adapters it computes them one example at a time (same rows, slower)
         ours = per_example or structure is HessianStructure.LOWRANK
         out = run(LatentNet(fm, param_space, train, mean), per_example_ggn_backend() if ours else GGNInterface)
-    factor, jitter, lml, prior_prec, fit_s, prior_s = out
+    la, factor, jitter, lml, prior_prec, fit_s, prior_s = out
+    dev_stats: dict[str, Any] = {}
+    if prior == "dev":  # the curvature is fitted: only λ changes, and with it the factor
+        dev = ctx.require_dev("laplace: prior='dev'")
+        t0 = time.perf_counter()
+        evidence = float(prior_prec[0])
+        grid = [evidence * g for g in DEV_PRIOR_GRID]
+        factors = []
+        for lam in grid:
+            la.prior_precision = lam
+            factors.append(FACTORS[structure.value].from_precision(la.posterior_precision))
+        posts = [LaplacePosterior(fm, param_space, mean, f, predictive=predictive, link=link,
+                                  jacobian_batch_size=jacobian_batch_size) for f, _ in factors]
+        # the lowest dev NLL; a tie goes to the larger λ (nearer the MAP)
+        best, record = choose_on_dev(posts, grid, dev, parameter="prior_precision", prefer_low=False,
+                                     reference=evidence, reference_name="evidence", seed=ctx.seed,
+                                     nlls=_shared_jacobian_nlls(posts, dev))
+        record["seconds"] = time.perf_counter() - t0  # with the factors' construction
+        la.prior_precision = grid[best]
+        factor, jitter = factors[best]
+        lml = float(la.log_marginal_likelihood().detach())
+        prior_prec = la.prior_precision.detach().reshape(-1)
+        dev_stats = {"dev_choice": record}
 
     options = {
         "space": kind.value,
@@ -584,6 +644,7 @@ def fit_laplace(
         "fit_seconds": fit_s,
         "prior_seconds": prior_s,
         "jitter": jitter,
+        **dev_stats,
     }
     if kind is SpaceKind.PROJECTED:
         stats["map_seconds"] = float(ctx.projected.seconds)

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from ..lora.params import FunctionalModel
 from ..lora.rng import seeded
 from ..types import EncodedTask, FitInfo, Prediction, over_batches
-from .base import FitContext, Needs, Posterior
+from .base import FitContext, Needs, Posterior, choose_on_dev
 from .registry import register
 
 
@@ -108,8 +108,33 @@ class MCDropoutPosterior(Posterior):
         return cls(fm, tensors["theta"], p=meta["p"])
 
 
-@register("mc_dropout", MCDropoutPosterior, needs=(Needs.ANCHORS,))
-def fit_mc_dropout(ctx: FitContext, *, p: float = 0.1, anchor: int = 0) -> MCDropoutPosterior:
-    """MC dropout (BayesLoRA): LoRA dropout of rate ``p`` on at prediction, at anchor ``anchor``."""
+#: ``p="dev"``: the candidate dropout rates (0.01 is nearly the adapter θ̂ alone)
+DEV_P_GRID = (0.01, 0.05, 0.1, 0.2, 0.3)
+
+
+def _check_p(p) -> None:
+    if p == "dev":
+        return
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
+        raise ValueError(f"mc_dropout: p must be a rate in [0, 1) or 'dev' (chosen on the dev split), got {p!r}")
+
+
+@register("mc_dropout", MCDropoutPosterior,
+          needs=lambda o: (Needs.ANCHORS, *((Needs.DEV,) if o.get("p") == "dev" else ())),
+          check=lambda o, _model: _check_p(o["p"]))
+def fit_mc_dropout(ctx: FitContext, *, p: float | str = 0.1, anchor: int = 0) -> MCDropoutPosterior:
+    """MC dropout (BayesLoRA): LoRA dropout of rate ``p`` on at prediction, at anchor ``anchor``.
+    ``p="dev"``: the rate of :data:`DEV_P_GRID` whose predictive has the lowest NLL on ``ctx.dev``
+    (the task's dev split)."""
+    _check_p(p)
     theta = ctx.require_anchors(anchor + 1)[anchor]
-    return MCDropoutPosterior(ctx.fm, theta, p=p, options={"p": p, "anchor": anchor}, info=FitInfo(0.0))
+    options = {"p": p, "anchor": anchor}
+    if p != "dev":
+        return MCDropoutPosterior(ctx.fm, theta, p=p, options=options, info=FitInfo(0.0))
+    dev = ctx.require_dev("mc_dropout: p='dev'")
+    posts = [MCDropoutPosterior(ctx.fm, theta, p=q, options=options) for q in DEV_P_GRID]
+    best, record = choose_on_dev(posts, DEV_P_GRID, dev, parameter="p", prefer_low=True, reference=0.1,
+                                 reference_name="default", seed=ctx.seed)
+    post = posts[best]
+    post.info = FitInfo(record["seconds"], (), {"dev_choice": record})
+    return post

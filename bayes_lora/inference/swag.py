@@ -35,10 +35,13 @@ from ..lora.spaces import FullSpace, ParameterSpace, ProjectedSpace
 from ..lora.train import TrainConfig, TrainResult, train_latent
 from ..types import FitInfo
 from .base import (
+    DEV_SCALE_GRID,
     FitContext,
+    Needs,
     Posterior,
     SpaceKind,
     check_space,
+    choose_on_dev,
     needs_for_space,
     space_from_state,
     space_state,
@@ -290,11 +293,24 @@ def _check(options, model) -> None:
     """What a SWAG fit can check without training (:meth:`Backend.check`): the options and the
     ranks a core space needs."""
     _check_options(options["snapshots"], options["space"])
+    _check_scale(options["scale"])
     check_space("space")(options, model)
 
 
+def _check_scale(scale) -> None:
+    if scale == "dev":
+        return
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
+        raise ValueError(f"swag: scale must be a number > 0 or 'dev' (chosen on the dev split), got {scale!r}")
+
+
+def _needs(options) -> tuple[Needs, ...]:
+    """The space's (:func:`needs_for_space`), and the dev task for ``scale="dev"``."""
+    return (*needs_for_space("space")(options), *((Needs.DEV,) if options.get("scale") == "dev" else ()))
+
+
 @register("swag", SwagPosterior, choices={"space": SpaceKind, "covariance": Covariance},
-          needs=needs_for_space("space"), check=_check)
+          needs=_needs, check=_check)
 def fit_swag(
     ctx: FitContext,
     *,
@@ -303,7 +319,7 @@ def fit_swag(
     lr: float | None = None,
     batch_size: int | None = None,
     covariance: str = Covariance.SWAG.value,
-    scale: float = 1.0,
+    scale: float | str = 1.0,
     space: str = SpaceKind.PROJECTED.value,
     weight_decay: float = 0.0,
     seed: int | None = None,
@@ -318,13 +334,17 @@ def fit_swag(
         lr (full) — the rate the MAP was found with.
     batch_size: default the context's fine-tuning batch size.
     covariance: "swag" (½ diag + low rank), "diag" or "low_rank" (:class:`Covariance`).
-    scale: multiplies the covariance at sampling time.
+    scale: multiplies the covariance at sampling time; "dev": the multiplier of
+        :data:`~bayes_lora.inference.base.DEV_SCALE_GRID` whose predictive has the lowest NLL on
+        ``ctx.dev`` (the task's dev split; 1/64 is nearly the SWA mean).
     space: "projected" (LoRA-XS cores + head, from the projected MAP), "adapter" (r×r cores +
         head between the SVD factors of the first anchor's update, from that anchor) or "full"
         (LoRA vector θ from the anchor).
     seed: batch order of the SWAG run (default ``ctx.seed``).
     """
     kind = _check_options(snapshots, space)
+    _check_scale(scale)
+    dev = ctx.require_dev("swag: scale='dev'") if scale == "dev" else None  # before the collection
     covariance = Covariance(covariance).value
     seed = ctx.seed if seed is None else int(seed)
     batch_size = batch_size or ctx.train_config.batch_size
@@ -349,7 +369,7 @@ def fit_swag(
         seed=seed, weight_decay=weight_decay, grad_clip=ctx.train_config.grad_clip,
         progress=ctx.progress, checkpoint=ctx.checkpoint("swag"),
     )
-    mean, var, dev = swag_moments(torch.stack(res.snapshots))
+    mean, var, deviations = swag_moments(torch.stack(res.snapshots))
     options = {
         "snapshots": snapshots, "collect_every": collect_every, "lr": lr, "batch_size": batch_size,
         "covariance": covariance, "scale": scale, "space": kind.value,
@@ -360,12 +380,18 @@ def fit_swag(
         "snapshots": snapshots,
         "dim": sp.dim,
         "mean_var": float(var.mean()),
-        "deviation_norm": float(dev.norm(dim=0).mean()),
+        "deviation_norm": float(deviations.norm(dim=0).mean()),
         "distance_from_init": float((mean - init).norm()),
         "final_loss": float(sum(res.losses[-collect_every:]) / min(collect_every, len(res.losses))),
         "map_seconds": float(ctx.projected.seconds) if kind is SpaceKind.PROJECTED else 0.0,
     }
-    return SwagPosterior(
-        ctx.fm, sp, mean, var, dev, covariance=covariance, scale=scale,
-        options=options, info=FitInfo(res.seconds, res.losses, stats),
-    )
+    def make(s: float) -> SwagPosterior:
+        return SwagPosterior(ctx.fm, sp, mean, var, deviations, covariance=covariance, scale=s, options=options,
+                             info=FitInfo(res.seconds, res.losses, stats))
+
+    if dev is None:
+        return make(float(scale))
+    posts = [make(s) for s in DEV_SCALE_GRID]
+    best, stats["dev_choice"] = choose_on_dev(posts, DEV_SCALE_GRID, dev, parameter="scale", prefer_low=True,
+                                              reference=1.0, reference_name="default", seed=seed)
+    return posts[best]

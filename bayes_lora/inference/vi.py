@@ -44,7 +44,15 @@ from ..lora.rng import seeded
 from ..lora.spaces import MaskedSpace, ParameterSpace, ProjectedSpace
 from ..lora.train import NumericalError
 from ..types import EncodedTask, FitInfo
-from .base import FitContext, Posterior, check_space, needs_for_space
+from .base import (
+    DEV_SCALE_GRID,
+    FitContext,
+    Needs,
+    Posterior,
+    check_space,
+    choose_on_dev,
+    needs_for_space,
+)
 from .registry import register
 
 
@@ -266,21 +274,27 @@ class VIPosterior(Posterior):
     space: the latent's space.
     q: the fitted :class:`GaussianQ`.
     kind: :class:`Kind`.
+    scale: multiplies q's covariance at sampling time (1: q itself).
     """
 
     method = "vi"
 
-    def __init__(self, fm: FunctionalModel, space: ParameterSpace, q: GaussianQ, *, kind: Kind | str, **kw):
+    def __init__(self, fm: FunctionalModel, space: ParameterSpace, q: GaussianQ, *, kind: Kind | str,
+                 scale: float = 1.0, **kw):
         super().__init__(fm, **kw)
         if q.dim != space.dim:
             raise ValueError(f"q has {q.dim} coordinates, the space {space.dim}")
+        _check_scale(scale, allow_dev=False)
         self.space = space
         self.q = q
         self.kind = Kind(kind)
+        self.scale = float(scale)
 
     def sample_latents(self, n: int, *, seed: int = 0) -> Tensor:
-        """Draws w ~ q [n, d]."""
-        return self.q.sample(n, seed=seed)
+        """Draws w ~ q [n, d], their spread about q's mean times √scale (the same noise for every
+        scale with one seed)."""
+        w = self.q.sample(n, seed=seed)
+        return w if self.scale == 1.0 else self.q.loc + math.sqrt(self.scale) * (w - self.q.loc)
 
     def sample_thetas(self, n: int, *, seed: int = 0) -> Tensor:
         with torch.no_grad():
@@ -297,7 +311,7 @@ class VIPosterior(Posterior):
 
     def state(self):
         tensors = dict(self.q.tensors())
-        meta = {"kind": self.kind.value}
+        meta = {"kind": self.kind.value, "scale": self.scale}
         if self.kind is Kind.BLOB:
             tensors["base"] = self.space.base
             tensors["index"] = self.space.index
@@ -316,11 +330,27 @@ class VIPosterior(Posterior):
                 space = ctx.projected_space()
             else:
                 space = ProjectedSpace(fm.model, fm.layout, include_other=include_other)
-        return cls(fm, space, GaussianQ.from_tensors(tensors), kind=kind)
+        return cls(fm, space, GaussianQ.from_tensors(tensors), kind=kind, scale=meta.get("scale", 1.0))
 
 
-@register("vi", VIPosterior, choices={"kind": Kind, "guide": Guide}, needs=needs_for_space("kind"),
-          check=check_space("kind"))
+def _check_scale(scale, *, allow_dev: bool = True) -> None:
+    if allow_dev and scale == "dev":
+        return
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
+        raise ValueError(f"vi: scale must be a number > 0{' or dev' if allow_dev else ''}, got {scale!r}")
+
+
+def _check(options, model) -> None:
+    _check_scale(options["scale"])
+    check_space("kind")(options, model)
+
+
+def _needs(options) -> tuple[Needs, ...]:
+    """The kind's space (:func:`needs_for_space`), and the dev task for ``scale="dev"``."""
+    return (*needs_for_space("kind")(options), *((Needs.DEV,) if options.get("scale") == "dev" else ()))
+
+
+@register("vi", VIPosterior, choices={"kind": Kind, "guide": Guide}, needs=_needs, check=_check)
 def fit_vi(
     ctx: FitContext,
     *,
@@ -337,6 +367,7 @@ def fit_vi(
     batch_size: int | None = None,
     num_particles: int = 1,
     anchor: int = 0,
+    scale: float | str = 1.0,
     seed: int | None = None,
 ) -> VIPosterior:
     """Pyro SVI over the LoRA-XS latent (``kind="projected"``) or the LoRA A entries (``"blob"``).
@@ -355,6 +386,9 @@ def fit_vi(
         3e-3 (projected), 1e-4 (blob); batch default: the context's).
     scale_lr: ClippedAdam's step for q's scales; default ``lr`` (projected), 3e-2 (blob).
     num_particles: Monte Carlo samples of the ELBO per step.
+    scale: multiplies q's covariance at sampling time; "dev": the multiplier of
+        :data:`~bayes_lora.inference.base.DEV_SCALE_GRID` whose predictive has the lowest NLL on
+        ``ctx.dev`` (the task's dev split; 1/64 is nearly q's mean).
     seed: guide noise and minibatch order (default ``ctx.seed``).
 
     ``info.losses`` holds the loss −ELBO of every step (a one-minibatch estimate, scaled to the
@@ -362,6 +396,8 @@ def fit_vi(
     """
     kind_ = Kind(kind)
     guide_ = Guide(guide)
+    _check_scale(scale)
+    dev = ctx.require_dev("vi: scale='dev'") if scale == "dev" else None  # before the SVI loop
     seed = ctx.seed if seed is None else int(seed)
     batch_size = batch_size or ctx.train_config.batch_size
     defaults = DEFAULTS[kind_]
@@ -391,7 +427,7 @@ def fit_vi(
         "kind": kind_.value, "guide": guide_.value, "guide_rank": guide_rank, "prior_scale": prior_scale,
         "temperature": temperature, "init_scale": init_scale, "steps": steps, "lr": lr, "scale_lr": scale_lr,
         "lr_decay": lr_decay, "batch_size": batch_size, "num_particles": num_particles,
-        "anchor": anchor, "seed": seed,
+        "anchor": anchor, "scale": scale, "seed": seed,
     }
     stats = {
         "elbo": -sum(tail) / len(tail),
@@ -403,4 +439,9 @@ def fit_vi(
         "map_seconds": float(ctx.projected.seconds) if kind_ is Kind.PROJECTED else 0.0,
     }
     info = FitInfo(seconds, tuple(losses), stats)
-    return VIPosterior(ctx.fm, space, q, kind=kind_, options=options, info=info)
+    if dev is None:
+        return VIPosterior(ctx.fm, space, q, kind=kind_, scale=float(scale), options=options, info=info)
+    posts = [VIPosterior(ctx.fm, space, q, kind=kind_, scale=s, options=options, info=info) for s in DEV_SCALE_GRID]
+    best, stats["dev_choice"] = choose_on_dev(posts, DEV_SCALE_GRID, dev, parameter="scale", prefer_low=True,
+                                              reference=1.0, reference_name="q", seed=seed)
+    return posts[best]

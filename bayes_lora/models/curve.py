@@ -52,6 +52,9 @@ class CurveModel(PyroModule):
     """
 
     def __init__(self, spec: CurvePosteriorSpec, curve: BezierCurve, space: ParameterSpace, likelihood: TaskLogits):
+        if spec.temperature == "dev":
+            raise ValueError("posterior temperature = 'dev' is chosen when the posterior is fitted (fit('curve', ...) "
+                             "with a dev task); a CurveModel needs a number")
         super().__init__()
         self.spec = spec
         self.segments, self.degree = curve.segments, curve.degree

@@ -118,6 +118,8 @@ class CurvePosteriorSpec:
     offset: the offset latent z (dim 0 switches it off).
     likelihood: "categorical" (the task's class logits).
     temperature: T > 0; the log-likelihood is divided by T (T > 1 widens the posterior).
+        "dev": chosen when the posterior is fitted, the T of lowest NLL of the curve's model
+        average on the task's dev split (:func:`~bayes_lora.inference.curve.fit_curve`).
     subsample_size: minibatch size of the data plate (None: the full data, as NUTS needs).
     likelihood_examples: use only this many training examples (seeded) in the likelihood
         (None: all); pair with a temperature to keep the posterior's width honest.
@@ -126,14 +128,18 @@ class CurvePosteriorSpec:
     t_prior: Prior = field(default_factory=Prior)
     offset: OffsetSpec = field(default_factory=OffsetSpec)
     likelihood: str = "categorical"
-    temperature: float = 1.0
+    temperature: float | str = 1.0
     subsample_size: int | None = None
     likelihood_examples: int | None = None
 
     def __post_init__(self):
         if self.likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {self.likelihood!r}")
-        if not self.temperature > 0:
+        if isinstance(self.temperature, str):
+            if self.temperature != "dev":
+                raise ValueError(f"temperature must be a number > 0 or 'dev' (chosen on the dev split), "
+                                 f"got {self.temperature!r}")
+        elif isinstance(self.temperature, bool) or not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if self.subsample_size is not None and self.subsample_size < 1:
             raise ValueError(f"subsample_size must be ≥ 1, got {self.subsample_size}")

@@ -333,3 +333,46 @@ def test_curve_fit_leaves_global_rng_and_param_store_alone_and_is_seeded(curve_c
     assert torch.equal(first.t, second.t) and torch.equal(first.z, second.z)
     other = fit("curve", dataclasses.replace(ctx, seed=ctx.seed + 1), inference=inference, **kw)
     assert not torch.equal(first.t, other.t)  # the draws do depend on the seed
+
+
+def test_dev_temperature_is_the_t_posterior_of_lowest_dev_nll(curve_ctx):
+    """``temperature = "dev"``: for each candidate T, the dev NLL of the model average under
+    p(t | D) ∝ p(t) p(D | t)^{1/T} — recomputed here with exact forward passes at 201 values of t
+    (the fit interpolates logits cached at knots) — and the fit runs at the T of lowest dev NLL."""
+    import dataclasses
+    import math
+
+    from scenarios import tiny_task
+
+    from bayes_lora.inference.base import Needs, predictive_nll
+    from bayes_lora.inference.curve import DEV_TEMPERATURE_GRID
+    from bayes_lora.inference.registry import get_backend
+
+    ctx, _ = curve_ctx
+    dev = tiny_task(24, seed=11)
+    dctx = dataclasses.replace(ctx, dev=dev)
+    spec = {"temperature": "dev", "likelihood_examples": 32}
+    post = fit("curve", dctx, posterior=spec, inference="svi", logit_cache=17, svi_steps=50, num_samples=50)
+    ch = post.info.stats["dev_choice"]
+    assert ch["grid"] == list(DEV_TEMPERATURE_GRID) and ch["examples"] == 24
+    assert post.temperature == ch["chosen"] == DEV_TEMPERATURE_GRID[ch["index"]]
+    assert ch["dev_nll"][ch["index"]] == min(ch["dev_nll"])
+    assert post.options["posterior"]["temperature"] == "dev"  # what was declared; the model holds the number
+    ts = torch.linspace(0, 1, 201)
+    dev_lik = TaskLogits(ctx.fm, dev)
+    fixed = CurveModel(CurvePosteriorSpec.from_dict({**spec, "temperature": 1.0}), ctx.curve, FullSpace(ctx.fm.layout),
+                       TaskLogits(ctx.fm, ctx.train, examples=32, seed=ctx.seed))
+    with torch.no_grad():
+        probs = torch.stack([dev_lik.logits(fixed.theta(t)).softmax(-1) for t in ts])  # [201, n, C]
+        ll = fixed.log_likelihood_grid(ts)
+    for temp, want in zip(DEV_TEMPERATURE_GRID, ch["dev_nll"]):
+        w = torch.softmax(ll / temp + fixed.t_log_prior(ts), 0) * torch.cat([torch.ones(1), 2 * torch.ones(199),
+                                                                                torch.ones(1)])
+        w = w / w.sum()
+        assert predictive_nll(torch.einsum("g,gnc->nc", w, probs), dev.labels) == pytest.approx(want, abs=2e-3)
+    assert math.isfinite(post.info.stats["interpolation_check"]["max_abs_error"])
+    assert get_backend("curve").needs({"posterior": spec}) == {Needs.CURVE, Needs.DEV}
+    with pytest.raises(ValueError, match="temperature = 'dev' chooses its value on held-out data"):
+        fit("curve", ctx, posterior=spec, inference="grid")
+    with pytest.raises(ValueError, match="temperature must be a number > 0 or 'dev'"):
+        CurvePosteriorSpec.from_dict({"temperature": "validation"})

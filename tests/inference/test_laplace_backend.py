@@ -472,3 +472,58 @@ def test_subnetwork_laplace_is_the_full_ggn_restricted_and_skips_the_lower_layer
         fit("laplace", ctx, space="full", tensors=["*classifier*"])
     with pytest.raises(ValueError, match="swag: space='subnetwork' is a Laplace space"):
         fit("swag", ctx, space="subnetwork")
+
+
+@pytest.mark.parametrize("hessian", ["kron", "lowrank"])
+def test_dev_prior_is_the_grid_point_of_lowest_dev_nll(tiny, hessian):
+    """prior="dev": the evidence's λ times each of DEV_PRIOR_GRID, the one whose probit predictive
+    has the lowest NLL on the dev task chosen. The shared-Jacobian NLLs equal those of Laplaces
+    fitted at each fixed λ and evaluated the ordinary way, and the chosen posterior is the fixed
+    fit at its λ."""
+    from dataclasses import replace
+
+    from scenarios import tiny_task
+
+    from bayes_lora.inference.base import Needs
+    from bayes_lora.inference.registry import get_backend
+
+    ctx, _test = tiny
+    dev = tiny_task(24, seed=7)
+    dctx = replace(ctx, dev=dev)
+    post = fit("laplace", dctx, space="full", hessian=hessian, prior="dev", subset=32, batch_size=16)
+    st, ch = post.info.stats, post.info.stats["dev_choice"]
+    evidence = fit("laplace", ctx, space="full", hessian=hessian, subset=32, batch_size=16)
+    assert ch["parameter"] == "prior_precision" and ch["reference_name"] == "evidence"
+    assert ch["reference"] == pytest.approx(evidence.info.stats["prior_precision"], rel=1e-6)
+    assert ch["grid"] == pytest.approx([ch["reference"] * g for g in lap.DEV_PRIOR_GRID])
+    assert ch["examples"] == 24 and len(ch["dev_nll"]) == len(lap.DEV_PRIOR_GRID)
+    for lam, want in zip(ch["grid"][::3], ch["dev_nll"][::3]):  # 3 of 7 fits: enough, and quicker
+        fixed = fit("laplace", ctx, space="full", hessian=hessian, prior=lam, subset=32, batch_size=16)
+        assert _nll(fixed.predict(dev).probs, dev.labels) == pytest.approx(want, abs=1e-5)
+    best = int(torch.tensor(ch["dev_nll"]).argmin())
+    assert ch["index"] == best and st["prior_precision"] == pytest.approx(ch["grid"][best]) == ch["chosen"]
+    fixed = fit("laplace", ctx, space="full", hessian=hessian, prior=st["prior_precision"], subset=32, batch_size=16)
+    assert _nll(post.predict(dev).probs, dev.labels) == pytest.approx(min(ch["dev_nll"]), abs=1e-5)
+    assert torch.allclose(post.predict(_test).probs, fixed.predict(_test).probs, atol=1e-5)
+    # the runner learns from the backend that this fit reads the dev split
+    assert get_backend("laplace").needs({"space": "full", "prior": "dev"}) == {Needs.ANCHORS, Needs.DEV}
+    assert Needs.DEV not in get_backend("laplace").needs({"space": "full"})
+
+
+def test_dev_prior_without_a_dev_task_and_sampled_predictive(tiny):
+    from dataclasses import replace
+
+    from scenarios import tiny_task
+
+    ctx, _ = tiny
+    with pytest.raises(ValueError, match="laplace: prior='dev' chooses its value on held-out data"):
+        fit("laplace", ctx, space="full", hessian="kron", prior="dev", subset=16)
+    with pytest.raises(ValueError, match="prior must be 'marglik', 'dev' or a float"):
+        fit("laplace", ctx, space="full", prior="validation")
+    # a predictive without shared Jacobians is evaluated one candidate at a time, seeded
+    dev = tiny_task(16, seed=8)
+    post = fit("laplace", replace(ctx, dev=dev), space="projected", hessian="diag", link="mc", prior="dev",
+               batch_size=16)
+    ch = post.info.stats["dev_choice"]
+    assert post.info.stats["prior_precision"] == pytest.approx(ch["grid"][int(torch.tensor(ch["dev_nll"]).argmin())])
+    assert all(math.isfinite(v) and v > 0 for v in ch["dev_nll"])
