@@ -97,8 +97,8 @@ def main() -> int:
                            TaskLogits(fm, train, examples=spec.likelihood_examples, seed=base.seed))
         grid = LogitGrid.build(model, args.knots)
         dev_lik = TaskLogits(fm, dev)
-        dev_grid = LogitGrid.tabulate(lambda tk: dev_lik.logits(model.theta(tk)), args.knots, dev_lik.labels,
-                                      1.0, grid.prior)
+        dev_grid = LogitGrid.tabulate(lambda tk, lik=dev_lik, m=model: lik.logits(m.theta(tk)), args.knots,
+                                      dev_lik.labels, 1.0, grid.prior)
         ll = np.array([float(grid.log_likelihood(float(t))) for t in ts])
         logits = np.stack([np.asarray(dev_grid.interpolate(float(t))) for t in ts])
         z = logits - logits.max(-1, keepdims=True)

@@ -22,7 +22,7 @@ from torch import Tensor
 from ..inference.base import PROJECTED_LR, Needs
 from ..lora.io import atomic_write_bytes, atomic_write_json, file_digest, load_tensors, save_tensors
 from ..lora.train import NumericalError
-from .config import DEV_EXAMPLES, ConfigError, ExperimentConfig, dump_toml, hash_json
+from .config import DEV_EXAMPLES, LATER_KEYS, ConfigError, ExperimentConfig, dump_toml, hash_json
 from .config import smoke as smoke_config
 from .distributed import Cluster, launched_rank
 from .evaluate import (
@@ -673,7 +673,9 @@ class Runner:
             now = self.input_digests()
             changed = sorted(r for r in set(now) | set(theirs) if now.get(r) != theirs.get(r))
             if changed:
-                diffs.append(f"other data ({', '.join(changed)}: other contents; data folder then "
+                what = [f"{r}: " + ("read now, not then" if r not in theirs else "read then, not now" if r not in now
+                                    else "other contents") for r in changed]
+                diffs.append(f"other data ({'; '.join(what)}; data folder then "
                              f"{old['data'].get('dir')}, now {self.data_record()['dir']})")
         if not diffs:
             return False
@@ -702,6 +704,8 @@ class Runner:
             return out
 
         a, b = flat(old), flat(self.cfg.to_dict())
+        for (table, key), default in LATER_KEYS.items():  # a key added since, at its default: no change
+            a.setdefault(f"{table}.{key}", default)
         missing = object()
         keys = [k for k in sorted(set(a) | set(b)) if a.get(k, missing) != b.get(k, missing)]
         shown = [f"{k}: {a.get(k, '(none)')!r} → {b.get(k, '(none)')!r}" for k in keys[:most]]

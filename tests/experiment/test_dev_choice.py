@@ -36,7 +36,7 @@ def _status(res) -> dict:
     return {s["stage"]: s["status"] for s in res["stages"]}
 
 
-def test_the_dev_split_is_read_for_the_method_that_asks_and_keys_only_it(setup, tmp_path):
+def test_the_dev_split_is_read_for_the_method_that_asks_and_keys_only_it(setup, tmp_path, capsys):
     _root, model_dir, data_dir = setup
     data = tmp_path / "data"
     (data / "sst2").mkdir(parents=True)  # a copy: its dev file is edited below
@@ -63,9 +63,12 @@ def test_the_dev_split_is_read_for_the_method_that_asks_and_keys_only_it(setup, 
     again = _status(_run(path, out, data, "--force"))
     assert again.pop("fit:laplace_dev") == "ran" and again.pop("eval:laplace_dev") == "ran"
     assert set(again.values()) == {"skipped"}, again
-    # so does another data.dev_examples (a config change: --force again)
+    # so does another data.dev_examples (a config change: --force again, which names only that key)
     path.write_text(dump_toml(_config(model_dir, dev_examples=16)))
+    capsys.readouterr()
     res = _run(path, out, data, "--force")
+    said = capsys.readouterr().out
+    assert "changed: data.dev_examples: 24 → 16)" in said, said
     again = _status(res)
     assert again.pop("fit:laplace_dev") == "ran" and again.pop("eval:laplace_dev") == "ran"
     assert set(again.values()) == {"skipped"}, again

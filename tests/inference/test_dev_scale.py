@@ -26,7 +26,7 @@ def dctx():
 
 @pytest.mark.parametrize("method, options", [("swag", SWAG), ("vi", VI)])
 def test_dev_scale_is_the_grid_point_of_lowest_dev_nll(dctx, method, options):
-    ctx, test = dctx
+    ctx, _test = dctx
     post = fit(method, ctx, scale="dev", **options)
     ch = post.info.stats["dev_choice"]
     assert ch["parameter"] == "scale" and ch["grid"] == list(DEV_SCALE_GRID) and ch["examples"] == 24
