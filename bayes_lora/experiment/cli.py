@@ -71,11 +71,44 @@ def _bad_input_types():
             NumericalError, StageFailed, RunFolderBusy)
 
 
+class _Interrupts:
+    """Whether Ctrl-C was pressed during this command. A SIGINT that lands inside an extension
+    module's import (numpy's, while torch loads) can surface as an ImportError instead of a
+    KeyboardInterrupt, and importing again then fails too; the flag tells such an error from a
+    real one."""
+
+    seen = False
+
+    @classmethod
+    def install(cls):
+        """Watch SIGINT (it still raises KeyboardInterrupt); returns a function restoring the
+        previous handler (a no-op outside the main thread, where no handler can be set)."""
+        import signal
+        import threading
+
+        cls.seen = False
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+
+        def on_sigint(signum, frame):
+            cls.seen = True
+            raise KeyboardInterrupt
+
+        previous = signal.signal(signal.SIGINT, on_sigint)
+        return lambda: signal.signal(signal.SIGINT, previous)
+
+
+def _interrupted() -> int:
+    print("interrupted: finished stages are kept; run the same command again to resume", file=sys.stderr)
+    return 130
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
         argv = ["run", *argv]
     args = _parser().parse_args(argv)
+    restore = _Interrupts.install()
     try:
         if args.command == "compare":
             return _compare(args)
@@ -83,9 +116,12 @@ def main(argv: list[str] | None = None) -> int:
             return _validate(args)
         return _run(args)
     except KeyboardInterrupt:
-        print("interrupted: finished stages are kept; run the same command again to resume", file=sys.stderr)
-        return 130
-    except _bad_input_types() as e:
+        return _interrupted()
+    except Exception as e:
+        if _Interrupts.seen:  # an import broken by Ctrl-C: the interruption, not an error of ours
+            return _interrupted()
+        if not isinstance(e, _bad_input_types()):
+            raise
         if args.debug:
             traceback.print_exc()
         msg = str(e).strip("'\"") or type(e).__name__
@@ -93,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.debug:
             print("(run with --debug for the traceback)", file=sys.stderr)
         return EXIT_BAD_INPUT
+    finally:
+        restore()
 
 
 def _run(args) -> int:

@@ -351,3 +351,33 @@ def test_ctrl_c_during_start_up_is_exit_130_without_a_traceback(setup, tmp_path,
     # (torch's unloading takes ~0.5 s): a shell shows $? = 130 for both
     assert p.returncode in (130, -signal.SIGINT), err
     assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("interrupted:"), err
+
+
+def test_an_import_broken_by_ctrl_c_is_the_interruption_not_a_traceback(monkeypatch, capsys):
+    """Ctrl-C inside numpy's import (while torch loads) can surface as an ImportError, and every
+    later import of torch fails as well: after a SIGINT, main reports the interruption (exit
+    130). The same ImportError without a SIGINT is a real error and propagates."""
+    import os
+    import signal
+
+    from bayes_lora.experiment import cli
+
+    def broken_by_ctrl_c(args):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)  # the handler main installed raises KeyboardInterrupt here
+        except KeyboardInterrupt:
+            pass  # swallowed inside the import machinery ...
+        raise ImportError("cannot load module more than once per process")  # ... which fails later
+
+    before = signal.getsignal(signal.SIGINT)
+    monkeypatch.setattr(cli, "_run", broken_by_ctrl_c)
+    assert cli.main(["run", "x.toml"]) == 130
+    assert capsys.readouterr().err.startswith("interrupted:")
+    assert signal.getsignal(signal.SIGINT) is before  # main put the previous handler back
+
+    def broken(args):
+        raise ImportError("cannot load module more than once per process")
+
+    monkeypatch.setattr(cli, "_run", broken)
+    with pytest.raises(ImportError):
+        cli.main(["run", "x.toml"])
