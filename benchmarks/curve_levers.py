@@ -60,10 +60,8 @@ def main() -> int:
 
     from bayes_lora.experiment.config import load_config
     from bayes_lora.experiment.runner import Runner
-    from bayes_lora.inference.curve import DEV_TEMPERATURE_GRID
-    from bayes_lora.lora import FullSpace
-    from bayes_lora.models import CurveModel, CurvePosteriorSpec, TaskLogits
-    from bayes_lora.models.logit_grid import LogitGrid
+    from bayes_lora.inference.curve import DEV_TEMPERATURE_GRID, dev_t_grid
+    from bayes_lora.models import CurvePosteriorSpec, TaskLogits
 
     base = load_config(args.config)
     # a method that reads the dev split, so that the runner loads and caches it; never fitted here
@@ -74,18 +72,15 @@ def main() -> int:
     t0 = time.perf_counter()
     prep = runner.prepare()
     anchors = runner.anchors()
-    fm, dev, train = prep.fm, prep.dev, prep.train
+    fm, dev = prep.fm, prep.dev
     labels = dev.labels.long().cpu().numpy()
     with torch.no_grad():
         anchor_probs = np.stack([TaskLogits(fm, dev).logits(a).softmax(-1).double().numpy() for a in anchors])
     ens = mixture_metrics(np.full(len(anchors), 1 / len(anchors)), anchor_probs, labels)
-    print(f"prepared in {time.perf_counter() - t0:.0f} s; {len(dev)} dev sentences, {len(train)} training sentences")
+    print(f"prepared in {time.perf_counter() - t0:.0f} s; {len(dev)} dev sentences, {len(prep.train)} training sentences")
     print(f"ensemble of {len(anchors)} anchors: dev NLL {ens['nll']:.4f}, accuracy {ens['accuracy']:.4f}, "
           f"MI {ens['mi']:.4f}")
     spec = CurvePosteriorSpec.from_dict({**base.posterior, "temperature": 1.0})
-    ts = np.linspace(0.0, 1.0, 401)
-    trap = np.full(len(ts), 1.0 / (len(ts) - 1))
-    trap[[0, -1]] /= 2
     rows = []
     for name, over in LEVERS.items():
         if args.only and name not in args.only:
@@ -93,20 +88,8 @@ def main() -> int:
         start = time.perf_counter()
         runner.cfg = cfg.with_overrides(curve=over)
         curve = runner.curve(anchors)  # the curve stage of --out, retrained when the setting changes
-        model = CurveModel(spec, curve, FullSpace(fm.layout),
-                           TaskLogits(fm, train, examples=spec.likelihood_examples, seed=base.seed))
-        grid = LogitGrid.build(model, args.knots)
-        dev_lik = TaskLogits(fm, dev)
-        dev_grid = LogitGrid.tabulate(lambda tk, lik=dev_lik, m=model: lik.logits(m.theta(tk)), args.knots,
-                                      dev_lik.labels, 1.0, grid.prior)
-        ll = np.array([float(grid.log_likelihood(float(t))) for t in ts])
-        logits = np.stack([np.asarray(dev_grid.interpolate(float(t))) for t in ts])
-        z = logits - logits.max(-1, keepdims=True)
-        probs = np.exp(z) / np.exp(z).sum(-1, keepdims=True)
-        out = {}
-        for temp in DEV_TEMPERATURE_GRID:
-            w = np.exp(ll / temp - (ll / temp).max()) * trap
-            out[temp] = mixture_metrics(w / w.sum(), probs, labels)
+        grid = dev_t_grid(runner.context(anchors, curve), spec, curve, knots=args.knots)  # what "dev" reads
+        out = {temp: mixture_metrics(grid.weights(temp), grid.dev_probs, labels) for temp in DEV_TEMPERATURE_GRID}
         best = min(out, key=lambda k: out[k]["nll"])
         rows.append({"setting": name, "overrides": over, "best_temperature": best, "at_best": out[best],
                      "flat": out[DEV_TEMPERATURE_GRID[-1]], "by_temperature": {str(k): v for k, v in out.items()},

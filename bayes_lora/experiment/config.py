@@ -486,14 +486,18 @@ class ExperimentConfig:
         d["methods"] = {label: {"method": m.method, **_plain(m.options)} for label, m in self.methods.items()}
         return d
 
-    def digest(self, *parts: str) -> str:
-        """A short hash of the named parts of the config (all of it when none are named). Keys
-        added after runs were made (:data:`LATER_KEYS`) are left out at their default, so that
-        those runs' folders and stages keep their hashes."""
+    def digest(self, *parts: str, without: tuple[str, ...] = ()) -> str:
+        """A short hash of the named parts of the config (all of it when none are named), leaving
+        out the ``table.key`` names in ``without``. Keys added after runs were made
+        (:data:`LATER_KEYS`) are left out at their default, so that those runs' folders and
+        stages keep their hashes."""
         d = self.to_dict()
         for (table, key), default in LATER_KEYS.items():
             if d[table].get(key) == default:
                 del d[table][key]
+        for name in without:
+            table, key = name.split(".")
+            d[table].pop(key, None)
         sel = d if not parts else {p: _select(d, p) for p in parts}
         return hash_json(sel)
 

@@ -22,7 +22,7 @@ from torch import Tensor
 from ..inference.base import PROJECTED_LR, Needs
 from ..lora.io import atomic_write_bytes, atomic_write_json, file_digest, load_tensors, save_tensors
 from ..lora.train import NumericalError
-from .config import DEV_EXAMPLES, LATER_KEYS, ConfigError, ExperimentConfig, dump_toml, hash_json
+from .config import LATER_KEYS, ConfigError, ExperimentConfig, dump_toml, hash_json
 from .config import smoke as smoke_config
 from .distributed import Cluster, launched_rank
 from .evaluate import (
@@ -109,8 +109,8 @@ class Runner:
         inputs = self.input_digests()
         # only the methods that choose on the dev split depend on it (its file and data.dev_examples)
         dev = inputs.pop("dev", None)
-        data_table = c.with_overrides(data={"dev_examples": DEV_EXAMPLES}).digest("data")
-        data = hash_json({"model": c.digest("model"), "data": data_table, "seed": c.seed,
+        data = hash_json({"model": c.digest("model"), "data": c.digest("data", without=("data.dev_examples",)),
+                          "seed": c.seed,
                           "format": STAGES_FORMAT, "inputs": inputs})
         # a given anchors file is one of the inputs: its contents are in ``data`` already
         anchors = hash_json([data, c.digest("lora"), c.digest("anchors"), list(c.anchor_seeds)])

@@ -243,7 +243,7 @@ def comparison_table(results: dict) -> str:
 
 def seeds_rows(results: dict) -> list[dict[str, Any]]:
     """One row per (seed, method): the seed, the method and its summarised metrics."""
-    names = [n for n in _metric_names({int(s): m for s, m in results["per_seed"].items()})]
+    names = _metric_names({int(s): m for s, m in results["per_seed"].items()})
     return [{"seed": int(s), "method": label, **{n: m.get(n) for n in names}}
             for s, methods in results["per_seed"].items() for label, m in methods.items()]
 

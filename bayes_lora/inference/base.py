@@ -13,6 +13,7 @@ Every method is fitted by a registered function ``fit(ctx, **options) -> Posteri
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field, replace
@@ -98,10 +99,25 @@ def check_space(option: str) -> Callable[[Mapping[str, Any], nn.Module], None]:
     return check
 
 
-def needs_for_space(option: str) -> Callable[[Mapping[str, Any]], tuple[Needs, ...]]:
+def needs_for_space(option: str, *, dev: str | None = None) -> Callable[[Mapping[str, Any]], tuple[Needs, ...]]:
     """The ``needs`` of a backend whose option ``option`` names its space: the LoRA-XS MAP for
-    "projected", the anchors for any other space."""
-    return lambda o: (Needs.PROJECTED_MAP,) if o.get(option) == "projected" else (Needs.ANCHORS,)
+    "projected", the anchors for any other space; and the dev task when the option ``dev``
+    (e.g. ``"prior"``, ``"scale"``) is ``"dev"``."""
+    def needs(o: Mapping[str, Any]) -> tuple[Needs, ...]:
+        space = (Needs.PROJECTED_MAP,) if o.get(option) == "projected" else (Needs.ANCHORS,)
+        return (*space, *((Needs.DEV,) if dev is not None and o.get(dev) == "dev" else ()))
+
+    return needs
+
+
+def check_scale(scale: Any, method: str, *, allow_dev: bool = True) -> None:
+    """A covariance multiplier: a finite number > 0, or ``"dev"`` (chosen on the dev split) when
+    ``allow_dev``; else a ValueError naming ``method``."""
+    if allow_dev and scale == "dev":
+        return
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
+        raise ValueError(f"{method}: scale must be a number > 0{' or dev (chosen on the dev split)' if allow_dev else ''}"
+                         f", got {scale!r}")
 
 
 @dataclass
@@ -304,8 +320,9 @@ def predictive_nll(probs: Tensor, labels: Tensor) -> float:
 def choose_on_dev(candidates, grid, dev: EncodedTask, *, parameter: str, prefer_low: bool,
                   reference: float | None = None, reference_name: str = "", nlls=None,
                   num_samples: int = DEV_SAMPLES, seed: int = 0, batch_size: int = 64) -> tuple[int, dict]:
-    """The candidate posterior (one per value of ``grid``) of lowest NLL on ``dev``, and its
-    :func:`dev_choice` record. Each is evaluated with ``num_samples`` draws seeded by ``seed``
+    """The candidate posterior (one per value of ``grid``) of lowest NLL on ``dev``, and the record
+    of the choice: ``parameter``, ``grid``, ``dev_nll`` of each, ``chosen`` (index ``index``), the
+    value without the dev split (``reference``, ``reference_name``), ``examples``, ``seconds``. Each is evaluated with ``num_samples`` draws seeded by ``seed``
     (``nlls``: NLLs the caller computed itself). A tie goes to the smaller value of ``grid`` when
     ``prefer_low`` (a narrower posterior), else to the larger (a larger prior precision)."""
     t0 = time.perf_counter()
@@ -313,20 +330,11 @@ def choose_on_dev(candidates, grid, dev: EncodedTask, *, parameter: str, prefer_
         nlls = [predictive_nll(c.predict(dev, num_samples=num_samples, seed=seed, batch_size=batch_size).probs,
                                dev.labels) for c in candidates]
     best = min(range(len(grid)), key=lambda i: (nlls[i], grid[i] if prefer_low else -grid[i]))
-    return best, dev_choice(parameter, grid, nlls, best, reference=reference, reference_name=reference_name,
-                            examples=len(dev), seconds=time.perf_counter() - t0)
-
-
-def dev_choice(parameter: str, grid, dev_nll, best: int, *, reference: float | None = None,
-               reference_name: str = "", examples: int, seconds: float) -> dict[str, Any]:
-    """The record of a scale chosen on the dev split, as every backend stores it in
-    ``info.stats["dev_choice"]`` (the runner's results and report read it): the ``parameter``'s
-    candidate values ``grid``, the dev NLL of each, the ``chosen`` one (index ``best``), the value
-    it would have had without the dev split (``reference``, e.g. the evidence's), the dev
-    examples and the seconds the choice took."""
-    return {"parameter": parameter, "grid": [float(g) for g in grid], "dev_nll": [float(v) for v in dev_nll],
-            "chosen": float(grid[best]), "index": int(best), "reference": None if reference is None else float(reference),
-            "reference_name": reference_name, "examples": int(examples), "seconds": float(seconds)}
+    # the record every backend stores in ``info.stats["dev_choice"]`` (results.json and the report read it)
+    return best, {"parameter": parameter, "grid": [float(g) for g in grid], "dev_nll": [float(v) for v in nlls],
+                  "chosen": float(grid[best]), "index": int(best),
+                  "reference": None if reference is None else float(reference), "reference_name": reference_name,
+                  "examples": len(dev), "seconds": time.perf_counter() - t0}
 
 
 @torch.no_grad()

@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import math
 import time
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -207,23 +209,46 @@ def _train_grid(ctx: FitContext, model: CurveModel, curve: BezierCurve, knots: i
     return replace(grid, temperature=float(model.spec.temperature))
 
 
-def choose_temperature(ctx: FitContext, spec: CurvePosteriorSpec, curve: BezierCurve, *, knots: int = DEV_KNOTS,
-                       points: int = 401) -> tuple[float, dict]:
-    """The temperature of :data:`DEV_TEMPERATURE_GRID` whose curve posterior's model average has
-    the lowest NLL on ``ctx.dev``, and the :func:`~bayes_lora.inference.base.dev_choice` record.
+@dataclass(frozen=True)
+class DevTGrid:
+    """The curve's dev predictive, exact in t up to grids: at ``ts`` [P] equally spaced values of
+    t, the untempered training log-likelihood ``log_lik`` [P] and the log prior ``log_prior`` [P]
+    (whose tempered sum gives p(t | D)), and the dev probabilities ``dev_probs`` [P, n, C]. Both
+    sets of logits are computed at knots of the curve and interpolated (:class:`LogitGrid`)."""
 
-    Exact in t up to the grids: the training and the dev logits are computed at ``knots`` knots of
-    the curve (the training ones are those the cached NUTS / SVI reuse) and interpolated on
-    ``points`` values of t; for each T, p(t | D) ∝ p(t) exp(log-likelihood / T) there, and the dev
-    predictive is the p(t | D)-weighted average of the dev probabilities."""
+    ts: np.ndarray
+    log_lik: np.ndarray
+    log_prior: np.ndarray
+    dev_probs: np.ndarray
+    labels: np.ndarray
+
+    def weights(self, temperature: float) -> np.ndarray:
+        """p(t | D) at ``ts`` with the log-likelihood divided by ``temperature``, times the
+        trapezoid weights, normalised to sum 1."""
+        lw = self.log_prior + self.log_lik / temperature
+        trap = np.full(len(self.ts), 1.0 / (len(self.ts) - 1))
+        trap[[0, -1]] /= 2
+        w = np.exp(lw - lw.max()) * trap
+        return w / w.sum()
+
+    def nll(self, temperature: float) -> float:
+        """Dev NLL of the model average under p(t | D) at ``temperature``."""
+        p = self.weights(temperature) @ self.dev_probs[:, np.arange(len(self.labels)), self.labels]
+        return float(-np.log(np.clip(p, 1e-12, None)).mean())
+
+
+def dev_t_grid(ctx: FitContext, spec: CurvePosteriorSpec, curve: BezierCurve, *, knots: int = DEV_KNOTS,
+               points: int = 401) -> DevTGrid:
+    """:class:`DevTGrid` of ``curve`` on ``ctx.dev``: the training logits at ``knots`` knots are
+    those the cached NUTS / SVI reuse (one memo per context and curve), the dev logits too."""
     from dataclasses import replace
 
-    import numpy as np
+    import jax
+    import jax.numpy as jnp
 
     from ..models.logit_grid import LogitGrid, numpyro_t_prior
 
     dev = ctx.require_dev("curve: posterior temperature = 'dev'")
-    t0 = time.perf_counter()
     model = CurveModel(replace(spec, temperature=1.0), curve, FullSpace(ctx.fm.layout),
                        TaskLogits(ctx.fm, ctx.train, examples=spec.likelihood_examples, seed=ctx.seed))
     train = _train_grid(ctx, model, curve, knots)
@@ -231,22 +256,22 @@ def choose_temperature(ctx: FitContext, spec: CurvePosteriorSpec, curve: BezierC
     dev_grid = ctx.memo(("dev_logit_grid", knots, id(curve), id(dev)), lambda: LogitGrid.tabulate(
         lambda tk: dev_lik.logits(model.theta(tk)), knots, dev_lik.labels, 1.0, numpyro_t_prior(model.t_prior)))
     ts = np.linspace(0.0, 1.0, points)
-    ll = np.array([float(train.log_likelihood(float(t))) for t in ts])  # untempered: T = 1
-    logits = np.stack([np.asarray(dev_grid.interpolate(float(t))) for t in ts])  # [points, n, C]
-    logp = logits - logits.max(-1, keepdims=True)
-    probs = np.exp(logp) / np.exp(logp).sum(-1, keepdims=True)
-    p_dev = probs[:, np.arange(len(dev)), dev.labels.long().cpu().numpy()]  # [points, n]: p(y_i | t)
+    log_lik = np.asarray(jax.vmap(train.log_likelihood)(jnp.asarray(ts)), dtype=np.float64)  # T = 1
+    probs = np.asarray(jax.nn.softmax(jax.vmap(dev_grid.interpolate)(jnp.asarray(ts)), axis=-1), dtype=np.float64)
     log_prior = model.t_log_prior(torch.as_tensor(ts, dtype=torch.float32)).double().numpy()
-    trap = np.full(points, 1.0 / (points - 1))
-    trap[[0, -1]] /= 2
-    nlls = []
-    for temp in DEV_TEMPERATURE_GRID:
-        lw = log_prior + ll / temp
-        w = np.exp(lw - lw.max()) * trap
-        w /= w.sum()
-        nlls.append(float(-np.log(np.clip(w @ p_dev, 1e-12, None)).mean()))
-    best, record = choose_on_dev([None] * len(nlls), DEV_TEMPERATURE_GRID, dev, parameter="temperature",
-                                 prefer_low=True, nlls=nlls, reference=None)
+    return DevTGrid(ts, log_lik, log_prior, probs, dev.labels.long().cpu().numpy())
+
+
+def choose_temperature(ctx: FitContext, spec: CurvePosteriorSpec, curve: BezierCurve, *, knots: int = DEV_KNOTS,
+                       points: int = 401) -> tuple[float, dict]:
+    """The temperature of :data:`DEV_TEMPERATURE_GRID` whose curve posterior's model average has
+    the lowest NLL on ``ctx.dev`` (:func:`dev_t_grid`), and the record of the choice
+    (:func:`~bayes_lora.inference.base.choose_on_dev`)."""
+    t0 = time.perf_counter()
+    grid = dev_t_grid(ctx, spec, curve, knots=knots, points=points)
+    nlls = [grid.nll(temp) for temp in DEV_TEMPERATURE_GRID]
+    best, record = choose_on_dev([None] * len(nlls), DEV_TEMPERATURE_GRID, ctx.dev, parameter="temperature",
+                                 prefer_low=True, nlls=nlls)
     record["seconds"] = time.perf_counter() - t0
     return DEV_TEMPERATURE_GRID[best], record
 

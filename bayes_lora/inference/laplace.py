@@ -92,7 +92,6 @@ from ..types import Batch, EncodedTask, FitInfo, Prediction, over_batches
 from .base import (
     CORE_SPACES,
     FitContext,
-    Needs,
     Posterior,
     SpaceKind,
     choose_on_dev,
@@ -306,8 +305,7 @@ class LaplacePosterior(Posterior):
             f, cov = self.glm_moments(task, batch)
             f = f.to(cov.device)  # the Jacobians are taken for θ, in host memory (lora.device): the moments there
             if noise is None:
-                kappa = 1.0 / torch.sqrt(1.0 + math.pi / 8 * cov.diagonal(dim1=-2, dim2=-1))
-                return (kappa * f).softmax(-1).expand(s, f.shape[0], -1)
+                return _probit(f, cov).expand(s, f.shape[0], -1)
             draws = f + torch.einsum("bck,sbk->sbc", _psd_sqrt(cov), noise[:, batch["index"].cpu()])
             return draws.softmax(-1)
 
@@ -356,15 +354,18 @@ def _shared_jacobian_nlls(posts: list[LaplacePosterior], dev: EncodedTask, batch
 
     def per_batch(batch) -> Tensor:  # [K, B, C]: the probit predictive of every posterior
         jac, f = per_example_jacobians(first.fm, first.space, dev, batch, first.mean)
-        out = []
-        for post in posts:
-            var = post.factor.square_form(jac).diagonal(dim1=-2, dim2=-1)
-            out.append((f.to(var.device) / torch.sqrt(1.0 + math.pi / 8 * var)).softmax(-1).cpu())
-        return torch.stack(out)
+        return torch.stack([_probit(f, post.factor.square_form(jac)).cpu() for post in posts])
 
     with torch.no_grad():
         probs = over_batches(dev, batch_size, per_batch, dim=1)
     return [predictive_nll(p, dev.labels) for p in probs]
+
+
+def _probit(f: Tensor, cov: Tensor) -> Tensor:
+    """The probit predictive softmax(f / √(1 + π/8 · diag cov)) [B, C] of logits f [B, C] with
+    covariance cov [B, C, C] (MacKay 1992)."""
+    var = cov.diagonal(dim1=-2, dim2=-1)
+    return (f.to(var.device) / torch.sqrt(1.0 + math.pi / 8 * var)).softmax(-1)
 
 
 def _psd_sqrt(cov: Tensor) -> Tensor:
@@ -438,14 +439,9 @@ def _check(options, model) -> None:
         MaskedSpace.check_patterns(ParamLayout.from_model(model), o["tensors"])
 
 
-def _needs(options) -> tuple[Needs, ...]:
-    """The space's (:func:`needs_for_space`), and the dev task for ``prior="dev"``."""
-    return (*needs_for_space("space")(options), *((Needs.DEV,) if options.get("prior") == "dev" else ()))
-
-
 @register("laplace", LaplacePosterior, choices={"space": SpaceKind, "hessian": HessianStructure,
                                               "predictive": Predictive, "link": Link},
-          needs=_needs, check=_check)
+          needs=needs_for_space("space", dev="prior"), check=_check)
 def fit_laplace(
     ctx: FitContext,
     *,

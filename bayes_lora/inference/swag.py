@@ -37,9 +37,9 @@ from ..types import FitInfo
 from .base import (
     DEV_SCALE_GRID,
     FitContext,
-    Needs,
     Posterior,
     SpaceKind,
+    check_scale,
     check_space,
     choose_on_dev,
     needs_for_space,
@@ -293,24 +293,12 @@ def _check(options, model) -> None:
     """What a SWAG fit can check without training (:meth:`Backend.check`): the options and the
     ranks a core space needs."""
     _check_options(options["snapshots"], options["space"])
-    _check_scale(options["scale"])
+    check_scale(options["scale"], "swag")
     check_space("space")(options, model)
 
 
-def _check_scale(scale) -> None:
-    if scale == "dev":
-        return
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
-        raise ValueError(f"swag: scale must be a number > 0 or 'dev' (chosen on the dev split), got {scale!r}")
-
-
-def _needs(options) -> tuple[Needs, ...]:
-    """The space's (:func:`needs_for_space`), and the dev task for ``scale="dev"``."""
-    return (*needs_for_space("space")(options), *((Needs.DEV,) if options.get("scale") == "dev" else ()))
-
-
 @register("swag", SwagPosterior, choices={"space": SpaceKind, "covariance": Covariance},
-          needs=_needs, check=_check)
+          needs=needs_for_space("space", dev="scale"), check=_check)
 def fit_swag(
     ctx: FitContext,
     *,
@@ -343,7 +331,7 @@ def fit_swag(
     seed: batch order of the SWAG run (default ``ctx.seed``).
     """
     kind = _check_options(snapshots, space)
-    _check_scale(scale)
+    check_scale(scale, "swag")
     dev = ctx.require_dev("swag: scale='dev'") if scale == "dev" else None  # before the collection
     covariance = Covariance(covariance).value
     seed = ctx.seed if seed is None else int(seed)

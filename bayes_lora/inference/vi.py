@@ -47,8 +47,8 @@ from ..types import EncodedTask, FitInfo
 from .base import (
     DEV_SCALE_GRID,
     FitContext,
-    Needs,
     Posterior,
+    check_scale,
     check_space,
     choose_on_dev,
     needs_for_space,
@@ -284,7 +284,7 @@ class VIPosterior(Posterior):
         super().__init__(fm, **kw)
         if q.dim != space.dim:
             raise ValueError(f"q has {q.dim} coordinates, the space {space.dim}")
-        _check_scale(scale, allow_dev=False)
+        check_scale(scale, "vi", allow_dev=False)
         self.space = space
         self.q = q
         self.kind = Kind(kind)
@@ -333,24 +333,13 @@ class VIPosterior(Posterior):
         return cls(fm, space, GaussianQ.from_tensors(tensors), kind=kind, scale=meta.get("scale", 1.0))
 
 
-def _check_scale(scale, *, allow_dev: bool = True) -> None:
-    if allow_dev and scale == "dev":
-        return
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
-        raise ValueError(f"vi: scale must be a number > 0{' or dev' if allow_dev else ''}, got {scale!r}")
-
-
 def _check(options, model) -> None:
-    _check_scale(options["scale"])
+    check_scale(options["scale"], "vi")
     check_space("kind")(options, model)
 
 
-def _needs(options) -> tuple[Needs, ...]:
-    """The kind's space (:func:`needs_for_space`), and the dev task for ``scale="dev"``."""
-    return (*needs_for_space("kind")(options), *((Needs.DEV,) if options.get("scale") == "dev" else ()))
-
-
-@register("vi", VIPosterior, choices={"kind": Kind, "guide": Guide}, needs=_needs, check=_check)
+@register("vi", VIPosterior, choices={"kind": Kind, "guide": Guide}, needs=needs_for_space("kind", dev="scale"),
+          check=_check)
 def fit_vi(
     ctx: FitContext,
     *,
@@ -396,7 +385,7 @@ def fit_vi(
     """
     kind_ = Kind(kind)
     guide_ = Guide(guide)
-    _check_scale(scale)
+    check_scale(scale, "vi")
     dev = ctx.require_dev("vi: scale='dev'") if scale == "dev" else None  # before the SVI loop
     seed = ctx.seed if seed is None else int(seed)
     batch_size = batch_size or ctx.train_config.batch_size
