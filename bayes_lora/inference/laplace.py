@@ -364,8 +364,8 @@ def _shared_jacobian_nlls(posts: list[LaplacePosterior], dev: EncodedTask, batch
 def _probit(f: Tensor, cov: Tensor) -> Tensor:
     """The probit predictive softmax(f / √(1 + π/8 · diag cov)) [B, C] of logits f [B, C] with
     covariance cov [B, C, C] (MacKay 1992)."""
-    var = cov.diagonal(dim1=-2, dim2=-1)
-    return (f.to(var.device) / torch.sqrt(1.0 + math.pi / 8 * var)).softmax(-1)
+    kappa = 1.0 / torch.sqrt(1.0 + math.pi / 8 * cov.diagonal(dim1=-2, dim2=-1))
+    return (kappa * f.to(kappa.device)).softmax(-1)
 
 
 def _psd_sqrt(cov: Tensor) -> Tensor:
