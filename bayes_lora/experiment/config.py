@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, ClassVar, get_args, get_origin, get_type_hints
 
 from ..data.tasks import SPLITS, TaskSpec, get_task, task_names
+from ..inference.base import PROJECTED_LR
 from ..lora.curve_train import CurveConfig
 from ..lora.train import TrainConfig
 from ..options import check_value, config_fields, option
@@ -233,6 +234,19 @@ class AnchorsConfig(TrainConfig):
 
 
 @dataclass(frozen=True)
+class ProjectedConfig:
+    """The LoRA-XS MAP that the projected methods (``space = "projected"``, VI's ``kind =
+    "projected"``) fit around (B-LoRA-XS): a k×k core per adapted weight between the frozen
+    rank-k truncated-SVD factors of its base weight, and the head, fine-tuned with the anchors'
+    schedule and seed at its own learning rate."""
+
+    rank: int = option(0, ge=0, le=4096, doc="the cores' rank k, independent of lora.r (the B-LoRA-XS paper "
+                                             "uses up to ~25); 0 = lora.r")
+    lr: float = option(PROJECTED_LR, gt=0, doc="Adam learning rate of the cores (and of SWAG's collection "
+                                              "in a core space)")
+
+
+@dataclass(frozen=True)
 class PathsConfig:
     """The loss and accuracy along the straight line and the curve between the anchors."""
 
@@ -351,13 +365,18 @@ class ExperimentConfig:
     anchors: AnchorsConfig = field(default_factory=AnchorsConfig)
     curve: CurveConfig = field(default_factory=CurveConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
+    projected: ProjectedConfig = field(default_factory=ProjectedConfig)
     posterior: dict = field(default_factory=dict)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     methods: dict = field(default_factory=dict)  # label → MethodConfig
 
     TABLES: ClassVar[dict[str, type]] = {"model": ModelConfig, "lora": LoraConfig, "data": DataConfig, "anchors": AnchorsConfig,
-              "curve": CurveConfig, "paths": PathsConfig, "evaluation": EvaluationConfig, "runtime": RuntimeConfig}
+              "curve": CurveConfig, "paths": PathsConfig, "projected": ProjectedConfig,
+              "evaluation": EvaluationConfig, "runtime": RuntimeConfig}
+
+    #: tables added after runs were made: left out of :meth:`digest` while every key is at its default
+    LATER_TABLES: ClassVar[tuple[str, ...]] = ("projected",)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ExperimentConfig:
@@ -495,6 +514,9 @@ class ExperimentConfig:
         for (table, key), default in LATER_KEYS.items():
             if d[table].get(key) == default:
                 del d[table][key]
+        for table in self.LATER_TABLES:
+            if d[table] == ExperimentConfig().to_dict()[table]:
+                del d[table]
         for name in without:
             table, key = name.split(".")
             d[table].pop(key, None)

@@ -22,7 +22,7 @@ from torch import Tensor
 from ..inference.base import PROJECTED_LR, Needs
 from ..lora.io import atomic_write_bytes, atomic_write_json, file_digest, load_tensors, save_tensors
 from ..lora.train import NumericalError
-from .config import LATER_KEYS, ConfigError, ExperimentConfig, dump_toml, hash_json
+from .config import LATER_KEYS, ConfigError, ExperimentConfig, ProjectedConfig, dump_toml, hash_json
 from .config import smoke as smoke_config
 from .distributed import Cluster, launched_rank
 from .evaluate import (
@@ -125,7 +125,9 @@ class Runner:
         if stage == "paths":
             return hash_json([curve, c.digest("paths")])
         if stage == "projected_map":
-            return hash_json([anchors, "projected_map", PROJECTED_LR])
+            if c.projected == ProjectedConfig():  # the key it had before [projected] existed
+                return hash_json([anchors, "projected_map", PROJECTED_LR])
+            return hash_json([anchors, "projected_map", c.projected.lr, self.projected_rank])
         if stage == "dev":
             return hash_json([data, "dev", dev, c.data.dev_examples])
         if stage in ("fit", "eval"):
@@ -377,6 +379,15 @@ class Runner:
                 backend.check(options, model)
             except ValueError as e:
                 raise ConfigError(f"methods.{label}: {e}") from None
+        if Needs.PROJECTED_MAP in self.needs():
+            from ..lora.params import ParamLayout
+            from ..lora.spaces import check_core_ranks
+
+            key = "projected.rank" if self.cfg.projected.rank else "lora.r"
+            try:
+                check_core_ranks(model, ParamLayout.from_model(model).at_rank(self.projected_rank), key)
+            except ValueError as e:
+                raise ConfigError(f"[projected]: {e}") from None
 
     def _prefix_cache(self, fm, tr, te, oo, mo, dv):
         try:
@@ -525,17 +536,22 @@ class Runner:
         folder = self._stage("paths", self.key("paths"), build)
         return json.loads((folder / "paths.json").read_text())
 
+    @property
+    def projected_rank(self) -> int:
+        """The LoRA-XS cores' rank: ``projected.rank``, or ``lora.r`` when it is 0."""
+        return self.cfg.projected.rank or self.cfg.lora.r
+
     def projected_map(self):
-        """The LoRA-XS MAP (its own stage): the cores fine-tuned with the anchors' schedule and
-        learning rate ``PROJECTED_LR``, which the projected methods fit around."""
+        """The LoRA-XS MAP (its own stage): the rank-``projected.rank`` cores fine-tuned with the
+        anchors' schedule at learning rate ``projected.lr``, which the projected methods fit around."""
         from ..inference.base import ProjectedMAP, fit_projected_map
         from ..lora.spaces import ProjectedSpace
 
         p, key = self.prep, self.key("projected_map")
-        space = ProjectedSpace(p.fm.model, p.fm.layout)
+        space = ProjectedSpace(p.fm.model, p.fm.layout, rank=self.projected_rank)
 
         def build(folder: Path):
-            pm = fit_projected_map(p.fm, p.train, self._train_config(), space=space, lr=PROJECTED_LR,
+            pm = fit_projected_map(p.fm, p.train, self._train_config(), space=space, lr=self.cfg.projected.lr,
                                    progress=self.progress, checkpoint=self._checkpoint("projected_map", key))
             save_tensors(folder / "core.safetensors", {"core": pm.core}, {"seconds": pm.seconds})
             return {"seconds": pm.seconds}
@@ -550,7 +566,8 @@ class Runner:
 
         p = self.prep
         return FitContext(p.fm, p.train, anchors=anchors, curve=curve, projected=projected,
-                          train_config=self._train_config(), projected_lr=PROJECTED_LR, seed=self.cfg.seed,
+                          train_config=self._train_config(), projected_lr=self.cfg.projected.lr,
+                          projected_rank=self.projected_rank, seed=self.cfg.seed,
                           progress=self.progress, metadata=p.backbone.metadata(), dev=p.dev)
 
     def _fit_checkpointer(self, label: str):

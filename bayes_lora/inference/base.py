@@ -149,18 +149,20 @@ def fit_projected_map(
     *,
     space: ProjectedSpace | None = None,
     lr: float = PROJECTED_LR,
+    rank: int | None = None,
     progress: bool = False,
     checkpoint: LoopCheckpoint | None = None,
 ) -> ProjectedMAP:
     """Fine-tune the LoRA-XS cores (and head) of ``fm`` on ``train``: ``config``'s schedule and
-    seed with learning rate ``lr`` (the cores' own), starting from zero cores.
+    seed with learning rate ``lr`` (the cores' own), starting from zero cores. ``rank``: the
+    cores' rank k (default: the LoRA rank of ``fm``); ignored when ``space`` is given.
 
-    >>> pm = fit_projected_map(fm, train)                    # doctest: +SKIP
+    >>> pm = fit_projected_map(fm, train, rank=25)           # doctest: +SKIP
     >>> ctx = FitContext(fm, train, projected=pm)            # doctest: +SKIP
     """
-    space = space if space is not None else ProjectedSpace(fm.model, fm.layout)
+    space = space if space is not None else ProjectedSpace(fm.model, fm.layout, rank=rank)
     cfg = replace(config if config is not None else TrainConfig(), lr=lr)
-    res = fine_tune(fm, space, train, cfg, progress=progress, checkpoint=checkpoint)
+    res = fine_tune(fm.with_layout(space.layout), space, train, cfg, progress=progress, checkpoint=checkpoint)
     return ProjectedMAP(space, res.latent, res.seconds)
 
 
@@ -183,6 +185,8 @@ class FitContext:
         fresh MAP) and of :meth:`fit_projected_map`.
     projected_lr: learning rate of the LoRA-XS cores (SWAG's projected collection,
         :meth:`fit_projected_map`).
+    projected_rank: the LoRA-XS cores' rank k of :meth:`projected_space` and
+        :meth:`fit_projected_map` (None: the LoRA rank of ``fm``; B-LoRA-XS uses k up to ~25).
     seed: the run's seed.
     progress: show tqdm bars.
     checkpointer: ``name -> LoopCheckpoint | None``; long training loops inside a fit (SWAG's
@@ -198,6 +202,7 @@ class FitContext:
     projected: ProjectedMAP | None = None
     train_config: TrainConfig = field(default_factory=TrainConfig)
     projected_lr: float = PROJECTED_LR
+    projected_rank: int | None = None
     seed: int = 0
     progress: bool = False
     metadata: dict = field(default_factory=dict)
@@ -253,7 +258,9 @@ class FitContext:
         """The LoRA-XS space of the model: the given MAP's, else the truncated SVD computed once."""
         if self.projected is not None:
             return self.projected.space
-        return self.memo("projected_space", lambda: ProjectedSpace(self.fm.model, self.fm.layout))
+        rank = self.projected_rank
+        return self.memo(("projected_space", rank),
+                         lambda: ProjectedSpace(self.fm.model, self.fm.layout, rank=rank))
 
     def adapter_space(self, anchor: int = 0) -> ProjectedSpace:
         """The r×r-core space through anchor ``anchor`` (SVD of its update), computed once."""

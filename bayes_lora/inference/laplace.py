@@ -518,6 +518,7 @@ def fit_laplace(
     else:
         param_space = FullSpace(fm.layout)
         mean = ctx.require_anchors(anchor + 1)[anchor]
+    fm = fm.with_layout(param_space.layout)  # LoRA-XS cores of their own rank: a rank-k θ
     d = param_space.dim
     if structure is HessianStructure.FULL and d > MAX_DENSE_DIM:
         raise ValueError(

@@ -34,9 +34,22 @@ class MapPosterior(Posterior):
         return cls(fm, tensors["theta"])
 
 
-@register("map", MapPosterior, needs=lambda o: () if o["train"] else (Needs.ANCHORS,))
-def fit_map(ctx: FitContext, *, anchor: int = 0, train: bool = False) -> MapPosterior:
-    """MAP: the context's anchor ``anchor`` (or a fresh fine-tune with ``train=True``)."""
+def _map_needs(o) -> tuple[Needs, ...]:
+    if o["space"] == "projected":
+        return (Needs.PROJECTED_MAP,)
+    return () if o["train"] else (Needs.ANCHORS,)
+
+
+@register("map", MapPosterior, choices={"space": ("full", "projected")}, needs=_map_needs)
+def fit_map(ctx: FitContext, *, anchor: int = 0, train: bool = False, space: str = "full") -> MapPosterior:
+    """MAP: the context's anchor ``anchor`` (or a fresh fine-tune with ``train=True``); with
+    ``space="projected"``, the LoRA-XS MAP ``ctx.projected`` (its cores and head, at their rank),
+    the point the projected Laplace, SWAG and VI fit around."""
+    if space == "projected":
+        pm = ctx.require_projected()
+        return MapPosterior(ctx.fm.with_layout(pm.space.layout), pm.space.to_theta(pm.core),
+                            options={"space": "projected", "rank": pm.space.ranks[0]},
+                            info=FitInfo(float(pm.seconds)))
     if train or ctx.anchors is None:
         cfg = TrainConfig(**{**ctx.train_config.__dict__, "seed": ctx.seed})
         res = fine_tune(ctx.fm, FullSpace(ctx.fm.layout), ctx.train, cfg, progress=ctx.progress)

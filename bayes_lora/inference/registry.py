@@ -120,12 +120,17 @@ def fit(method: str, ctx: FitContext, **options) -> Posterior:
 
 
 def load(path: str | Path, fm: FunctionalModel, ctx: FitContext | None = None) -> Posterior:
-    """Load a posterior saved by :meth:`Posterior.save`, checking it belongs to ``fm``'s layout."""
+    """Load a posterior saved by :meth:`Posterior.save`, checking it belongs to ``fm``'s layout (or,
+    for LoRA-XS cores of their own rank, to the same tensors at another LoRA rank, which ``fm``'s
+    modules evaluate: :meth:`~bayes_lora.lora.params.FunctionalModel.with_layout`)."""
     from ..lora.params import ParamLayout
     from ..types import FitInfo
 
     tensors, meta = read_saved(path)
-    fm.layout.check_same(ParamLayout.from_json(meta["layout"]), what=f"posterior {path}")
+    saved = ParamLayout.from_json(meta["layout"])
+    if fm.layout.same_but_ranks(saved):  # LoRA-XS cores of their own rank: θ of another LoRA rank
+        fm = fm.with_layout(saved)
+    fm.layout.check_same(saved, what=f"posterior {path}")
     backend = get_backend(meta["method"])
     post = backend.posterior_cls.from_state(fm, tensors, meta["state"], ctx)
     post.options = meta.get("options", {})

@@ -326,7 +326,8 @@ class VIPosterior(Posterior):
             space: ParameterSpace = MaskedSpace(fm.layout, tensors["base"], tensors["index"])
         else:
             include_other = meta.get("include_other", True)
-            if ctx is not None and ctx.fm is fm and include_other:
+            if ctx is not None and ctx.fm.model is fm.model and include_other \
+                    and ctx.projected_space().layout == fm.layout:
                 space = ctx.projected_space()
             else:
                 space = ProjectedSpace(fm.model, fm.layout, include_other=include_other)
@@ -401,8 +402,9 @@ def fit_vi(
     else:
         space = MaskedSpace.lora_a(ctx.fm.layout, ctx.require_anchors(anchor + 1)[anchor])
         init = space.initial()
+    fm = ctx.fm.with_layout(space.layout)  # LoRA-XS cores of their own rank: a rank-k θ
     n = len(ctx.train)
-    model = latent_model(space.dim, prior_scale, n, classifier_likelihood(ctx.fm, space, ctx.train),
+    model = latent_model(space.dim, prior_scale, n, classifier_likelihood(fm, space, ctx.train),
                          temperature=temperature)
     start = time.perf_counter()
     q, losses = run_svi(
@@ -429,8 +431,8 @@ def fit_vi(
     }
     info = FitInfo(seconds, tuple(losses), stats)
     if dev is None:
-        return VIPosterior(ctx.fm, space, q, kind=kind_, scale=float(scale), options=options, info=info)
-    posts = [VIPosterior(ctx.fm, space, q, kind=kind_, scale=s, options=options, info=info) for s in DEV_SCALE_GRID]
+        return VIPosterior(fm, space, q, kind=kind_, scale=float(scale), options=options, info=info)
+    posts = [VIPosterior(fm, space, q, kind=kind_, scale=s, options=options, info=info) for s in DEV_SCALE_GRID]
     best, stats["dev_choice"] = choose_on_dev(posts, DEV_SCALE_GRID, dev, parameter="scale", prefer_low=True,
                                               reference=1.0, reference_name="q", seed=seed)
     return posts[best]

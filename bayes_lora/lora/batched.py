@@ -100,11 +100,26 @@ def _probe_inputs(fm: FunctionalModel, rows: int, length: int) -> dict[str, Tens
     return inputs
 
 
+def _probe_theta(fm: FunctionalModel, g: torch.Generator) -> Tensor:
+    """θ of ``fm``'s layout to probe with: the model's stored tensors, and for a tensor the model
+    stores at another shape (a LoRA factor of another rank, :meth:`FunctionalModel.with_layout`)
+    small seeded Gaussian entries."""
+    params = dict(fm.model.named_parameters())
+    parts = {}
+    for name, shape in zip(fm.layout.names, fm.layout.shapes):
+        stored = params[name].detach()
+        if tuple(stored.shape) == tuple(shape):
+            parts[name] = stored.float().cpu()
+        else:
+            parts[name] = 0.02 * torch.randn(shape, generator=g)
+    return fm.layout.flatten(parts)
+
+
 @torch.no_grad()
 def _fold_probe(fm: FunctionalModel, samples: int = 2, rows: int = 2, length: int = 3) -> str | None:
     """None if a folded pass at ``samples`` perturbed θ equals the loop on a probe input, else why not."""
-    theta = fm.layout.read(fm.model)
     g = torch.Generator().manual_seed(0)
+    theta = _probe_theta(fm, g)
     noise = torch.randn(samples, theta.shape[0], generator=g).to(theta)
     thetas = theta + 0.05 * noise * theta.abs().mean().clamp_min(1.0)
     inputs = _probe_inputs(fm, rows, length)

@@ -8,6 +8,7 @@ can be evaluated one after the other or under :func:`torch.vmap`.
 """
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -115,6 +116,39 @@ class ParamLayout:
         for name, value in self.unflatten(theta.detach()).items():
             params[name].copy_(value)
 
+    def at_rank(self, rank: int) -> ParamLayout:
+        """The same tensors with every LoRA factor at rank ``rank``: ``lora_A`` [r, in] →
+        [rank, in], ``lora_B`` [out, r] → [out, rank]; the other tensors (a head) unchanged.
+        The layout of a rank-``rank`` θ that the same peft modules evaluate
+        (:meth:`FunctionalModel.with_layout`): a LoRA layer computes B(A(x)) whatever their rank."""
+        rank = int(rank)
+        if rank < 1:
+            raise ValueError(f"a LoRA rank must be ≥ 1, got {rank}")
+        if not any(is_lora_factor(n) for n in self.names):
+            raise ValueError("the layout has no LoRA factors (lora_A / lora_B) to change the rank of")
+        shapes = []
+        for name, shape in zip(self.names, self.shapes):
+            if ".lora_A." in name:
+                shape = (rank, *shape[1:])
+            elif ".lora_B." in name:
+                shape = (shape[0], rank, *shape[2:])
+            shapes.append(tuple(shape))
+        return ParamLayout(self.names, tuple(shapes))
+
+    @property
+    def lora_ranks(self) -> tuple[int, ...]:
+        """The rank of every LoRA module (its ``lora_A`` factor's rows), in layout order."""
+        return tuple(s[0] for n, s in zip(self.names, self.shapes) if ".lora_A." in n)
+
+    def same_but_ranks(self, other: ParamLayout) -> bool:
+        """Whether ``other`` holds the same tensors in the same order, differing at most in the
+        LoRA factors' rank (the layout of another LoRA-XS rank over the same modules)."""
+        if self.names != other.names:
+            return False
+        return all(a == b or (is_lora_factor(n) and len(a) == len(b) == 2
+                              and (a[1] == b[1] if ".lora_A." in n else a[0] == b[0]))
+                   for n, a, b in zip(self.names, self.shapes, other.shapes))
+
     def to_json(self) -> dict:
         return {"names": list(self.names), "shapes": [list(s) for s in self.shapes]}
 
@@ -188,6 +222,29 @@ class FunctionalModel:
         if vectorize:
             return torch.vmap(lambda th: self(th, **inputs), randomness="different")(thetas)
         return torch.stack([self(th, **inputs) for th in thetas])
+
+    def with_layout(self, layout: ParamLayout) -> FunctionalModel:
+        """This functional model evaluating θ of ``layout``: the same tensors at another LoRA
+        rank (:meth:`ParamLayout.at_rank`, e.g. LoRA-XS cores of their own rank), on the same
+        modules and weights (nothing is copied: ``functional_call`` hands each peft layer its
+        factors, and B(A(x)) takes them at any rank). ``self`` when the layout is its own."""
+        if layout == self.layout:
+            return self
+        known = self.__dict__.setdefault("_with_layouts", {})
+        if layout in known:  # one model per layout: its probes (can_fold) are made once
+            return known[layout]
+        if not self.layout.same_but_ranks(layout):
+            raise ValueError("with_layout: the layout must hold this model's θ tensors, differing only in "
+                             "the LoRA factors' rank")
+        other = copy.copy(self)
+        for cached in ("_can_fold", "_with_layouts"):  # re-probed at the new shapes; its own
+            other.__dict__.pop(cached, None)
+        other.layout = layout
+        known[layout] = other
+        full = self.__dict__.get("full")
+        if isinstance(full, FunctionalModel):  # a suffix model keeps its full model's layout in step
+            other.full = full.with_layout(layout)
+        return other
 
     def forward_at(self, theta: Tensor):
         """A ``forward(**inputs)`` closure at θ, as :meth:`EncodedTask.class_logits` expects."""

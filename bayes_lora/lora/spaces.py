@@ -208,17 +208,19 @@ def _lora_modules(layout: ParamLayout) -> list[tuple[str, str, str]]:
     return out
 
 
-def check_core_ranks(model: nn.Module, layout: ParamLayout | None = None) -> None:
+def check_core_ranks(model: nn.Module, layout: ParamLayout | None = None, key: str = "lora.r") -> None:
     """A ValueError naming the LoRA modules whose rank r exceeds the smaller side of their base
     weight: an r×r core between rank-r SVD factors of that weight (LoRA-XS, or the cores around
-    an update B̂Â) needs r ≤ min(out, in). Cheap (shapes only): callers run it before training."""
+    an update B̂Â) needs r ≤ min(out, in). The ranks are ``layout``'s (default: the model's own);
+    ``key`` is the setting they came from, named in the message. Cheap (shapes only): callers run
+    it before training."""
     layout = layout or ParamLayout.from_model(model)
-    params = dict(model.named_parameters())
+    shapes = dict(zip(layout.names, layout.shapes))
     bad = []
     for path, a_name, _b in _lora_modules(layout):
         layer = model.get_submodule(path)
         base = layer.get_base_layer() if hasattr(layer, "get_base_layer") else layer.base_layer
-        r, shape = int(params[a_name].shape[0]), tuple(base.weight.shape)
+        r, shape = int(shapes[a_name][0]), tuple(base.weight.shape)
         if r > min(shape):
             bad.append((path.removeprefix("base_model.model."), r, shape))
     if bad:
@@ -227,7 +229,7 @@ def check_core_ranks(model: nn.Module, layout: ParamLayout | None = None) -> Non
         smallest = min(min(s) for _p, _r, s in bad)
         raise ValueError(f"LoRA rank {r} exceeds the size of {path}'s weight {shape}{more}: an r×r core "
                          f"space (LoRA-XS cores, or the cores around an adapter's update) needs r ≤ {smallest} "
-                         f"(lora.r = {r})")
+                         f"({key} = {r})")
 
 
 class ProjectedSpace(ParameterSpace):
@@ -237,6 +239,11 @@ class ProjectedSpace(ParameterSpace):
     ----------
     model: the peft LoRA model (its frozen base weights are decomposed once).
     layout: θ's layout (default: the model's trainable parameters).
+    rank: the LoRA-XS rank k of every core (default: the LoRA factors' rank in ``layout``). A
+        rank other than the model's makes the space's θ a rank-k LoRA vector of the same modules,
+        ``layout.at_rank(k)`` (``self.layout``), evaluated by ``fm.with_layout(space.layout)``:
+        the cores' size is independent of the LoRA rank (B-LoRA-XS uses k up to ~25). Not with
+        ``around`` (the cores of a rank-r update are r×r).
     include_other: keep trainable tensors that are not LoRA factors (e.g. a classification
         head) as free latent coordinates after the cores (True), or fix them at their values.
     adapter_name: the peft adapter whose scaling is used.
@@ -257,9 +264,16 @@ class ProjectedSpace(ParameterSpace):
         include_other: bool = True,
         adapter_name: str = "default",
         around: Tensor | None = None,
+        rank: int | None = None,
     ):
         super().__init__()
         layout = layout or ParamLayout.from_model(model)
+        if rank is not None:
+            if around is not None:
+                raise ValueError("ProjectedSpace(around=θ̂) has the cores of θ̂'s update, r×r; it takes no rank")
+            if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+                raise ValueError(f"ProjectedSpace: rank must be a positive integer, got {rank!r}")
+            layout = layout.at_rank(rank)
         self.layout = layout
         self.include_other = include_other
         self.source = "weight" if around is None else "update"
@@ -277,13 +291,14 @@ class ProjectedSpace(ParameterSpace):
         offset = 0
         self.ranks: list[int] = []
         self.scalings: list[float] = []
+        shape_of = dict(zip(layout.names, layout.shapes))
         for i, (path, a_name, b_name) in enumerate(self.modules_):
             layer = model.get_submodule(path)
             base = layer.get_base_layer() if hasattr(layer, "get_base_layer") else layer.base_layer
             weight = base.weight.detach().float()
             if getattr(layer, "fan_in_fan_out", False):
                 weight = weight.T
-            r = params[a_name].shape[0]
+            r = int(shape_of[a_name][0])
             scaling = float(layer.scaling[adapter_name]) if hasattr(layer, "scaling") else 1.0
             if around is None:  # LoRA-XS: s·B·A = U_r Σ_r R V_rᵀ
                 u, s, vh = torch.linalg.svd(weight, full_matrices=False)

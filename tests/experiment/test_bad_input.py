@@ -98,6 +98,9 @@ CASES = {
         ["methods.swag", "LoRA rank 40", "attention.self.query's weight (32, 32)", "r ≤ 32", "lora.r = 40"]),
     "rank above the width, LoRA-XS VI": (lambda r, m, d, o: (_methods(
         m, {"map": {}, "vi": {"kind": "projected"}}, lora={"r": 33}), d), ["methods.vi", "LoRA rank 33", "r ≤ 32"]),
+    "LoRA-XS rank above the width": (lambda r, m, d, o: (_methods(
+        m, {"map": {}, "vi": {"kind": "projected"}}, projected={"rank": 40}), d),
+        ["[projected]", "LoRA rank 40", "r ≤ 32", "projected.rank = 40"]),
     "laplace tensors matching nothing": (lambda r, m, d, o: (_methods(m, {"map": {}, "laplace": {
         "space": "subnetwork", "hessian": "lowrank", "tensors": ["*.layer.7.*"]}}), d),
         ["methods.laplace", "['*.layer.7.*'] match none of θ's tensors"]),

@@ -195,6 +195,33 @@ def test_compare_tabulates_runs(finished, capsys, tmp_path):
     assert " | rte | " in capsys.readouterr().out
 
 
+def test_the_lora_xs_rank_is_a_setting_of_its_own(finished, setup):
+    """[projected] rank = 6 over the tiny model's rank-4 LoRA: only the LoRA-XS MAP and the
+    methods fitted around it (Laplace, SWAG and VI over the cores) rerun, not the anchors or the
+    curve; their saved posteriors hold rank-6 factors; a rerun skips everything."""
+    import tomllib
+
+    from bayes_lora.experiment.runner import RESOLVED_CONFIG
+
+    root, _model_dir, data_dir = setup
+    _, out = finished
+    last = tomllib.loads((out / RESOLVED_CONFIG).read_text())  # the folder's last run, whichever test made it
+    assert last["projected"] == {"rank": 0, "lr": 2e-2}  # the default: lora.r, PROJECTED_LR
+    cfg = _write(root / "tiny_xs.toml", {**last, "projected": {"rank": 6, "lr": 3e-2}})
+    args = ["run", str(cfg), "--out", str(out), "--data-dir", str(data_dir), "--quiet", "--force"]
+    assert main(args) == 0
+    projected = {f"{stage}:{m}" for m in ("laplace", "swag", "vi") for stage in ("fit", "eval")}
+    assert {k for k, v in _stages(out).items() if v == "ran"} == projected | {"projected_map"}
+    for label in ("laplace", "swag", "vi"):
+        layout = json.loads((out / "stages" / f"fit__{label}" / "posterior.json").read_text())["layout"]
+        ranks = [s[0] for n, s in zip(layout["names"], layout["shapes"]) if ".lora_A." in n]
+        assert ranks == [6] * 4, label
+    res = json.loads((out / "results.json").read_text())
+    assert res["methods"]["swag"]["nll"] > 0 and 0 <= res["methods"]["laplace"]["accuracy"] <= 1
+    assert main(args[:-1]) == 0
+    assert not {k for k, v in _stages(out).items() if v == "ran"}
+
+
 def test_bad_input_exits_2_without_traceback(setup, tmp_path):
     _root, model_dir, _data_dir = setup
     cfg = _write(tmp_path / "c.toml", tiny_run_config(model_dir))

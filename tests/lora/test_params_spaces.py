@@ -100,6 +100,95 @@ def test_projected_core_gives_svd_update(tiny_peft):
     torch.testing.assert_close(space.to_theta(ws)[1], space.to_theta(ws[1]))
 
 
+@pytest.mark.parametrize("rank", [2, 10])
+def test_projected_space_at_its_own_rank(tiny_peft, rank):
+    """LoRA-XS rank k independent of the LoRA rank (r = 4 here): the space's θ is a rank-k LoRA
+    vector of the same modules, which the same model evaluates (fm.with_layout) as
+    W + U_k Σ_k R V_kᵀ of each base weight, computed independently; the folded per-sample pass
+    and the suffix model agree with the loop."""
+    from bayes_lora.lora.batched import can_fold, folded_class_logits
+
+    model, tok = tiny_peft
+    layout = ParamLayout.from_model(model)
+    space = ProjectedSpace(model, layout, rank=rank)
+    assert space.ranks == [rank] * 4 and space.core_dim == 4 * rank * rank and space.dim == 4 * rank * rank + 66
+    assert space.layout == layout.at_rank(rank) and space.layout.lora_ranks == (rank,) * 4
+    assert layout.same_but_ranks(space.layout) and not layout.same_but_ranks(ParamLayout(layout.names[:-1],
+                                                                                         layout.shapes[:-1]))
+    fm = FunctionalModel(model, layout)
+    fm_k = fm.with_layout(space.layout)
+    assert fm.with_layout(layout) is fm and fm_k.layout == space.layout and fm_k.model is fm.model
+    g = torch.Generator().manual_seed(5)
+    w = space.initial() + torch.randn(space.dim, generator=g)
+    x = _inputs(tok)
+    got = fm_k(space.to_theta(w), **x)
+    updates = {}
+    for m, (path, _a, _b) in enumerate(space.modules_):
+        W = model.get_submodule(path).get_base_layer().weight.detach()
+        U, S, Vh = torch.linalg.svd(W, full_matrices=False)
+        updates[path] = U[:, :rank] @ torch.diag(S[:rank]) @ space.cores(w)[m] @ Vh[:rank]
+    # the reference: the model's own rank-r adapters off (B = 0), the head written, W + ΔW in place
+    head = space.layout.unflatten(space.to_theta(w))
+    before = layout.read(model)
+    ref_theta = layout.flatten({n: head[n] if "classifier" in n else torch.zeros(sh)
+                                for n, sh in zip(layout.names, layout.shapes)})
+    bases = {path: model.get_submodule(path).get_base_layer().weight for path in updates}
+    saved = {path: wt.detach().clone() for path, wt in bases.items()}
+    try:
+        layout.write_(model, ref_theta)
+        for path, delta in updates.items():
+            bases[path].data += delta
+        ref = model(**x).logits
+    finally:
+        layout.write_(model, before)
+        for path, w0 in saved.items():
+            bases[path].data.copy_(w0)
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
+    # the model is untouched, and a θ of the model's own rank is refused by the rank-k model
+    with pytest.raises(ValueError, match="length"):
+        fm_k(layout.read(model), **x)
+    # folded samples and the suffix model at rank k
+    ws = space.initial() + 0.5 * torch.randn(3, space.dim, generator=g)
+    thetas = space.to_theta(ws)
+    loop = torch.stack([fm_k(th, **x) for th in thetas])
+    assert can_fold(fm_k)
+    batch = {**x, "labels": torch.zeros(3, dtype=torch.long)}
+
+    class _Task:
+        @staticmethod
+        def class_logits(forward, b):
+            return forward(**{k: v for k, v in b.items() if k != "labels"}).logits
+
+    torch.testing.assert_close(folded_class_logits(fm_k, _Task, batch, thetas), loop, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="differing only in"):
+        fm.with_layout(ParamLayout(layout.names[:-1], layout.shapes[:-1]))
+    with pytest.raises(ValueError, match="takes no rank"):
+        ProjectedSpace(model, layout, rank=3, around=layout.read(model))
+    with pytest.raises(ValueError, match="exceeds"):
+        ProjectedSpace(model, layout, rank=33)
+
+
+def test_suffix_model_at_another_rank():
+    """A suffix model (the frozen prefix cached) evaluates rank-k θ like the full model does."""
+    from scenarios import tiny_bert, tiny_tokenizer
+
+    from bayes_lora.lora.backbone import LoraSettings, add_lora
+    from bayes_lora.lora.suffix import suffix_functional_model
+
+    model = add_lora(tiny_bert(), LoraSettings(r=4, alpha=8, layers=(1,)), "classifier").eval()
+    x = _inputs(tiny_tokenizer())
+    fm = FunctionalModel(model)
+    space = ProjectedSpace(model, fm.layout, rank=7)
+    sfm_k = suffix_functional_model(fm, 1).with_layout(space.layout)
+    assert sfm_k.layout == space.layout and sfm_k.full.layout == space.layout
+    theta = space.to_theta(space.initial() + torch.randn(space.dim))
+    with torch.no_grad(), model.disable_adapter():
+        hidden = model(**x, output_hidden_states=True).hidden_states[1]
+    full = fm.with_layout(space.layout)(theta, **x)
+    torch.testing.assert_close(sfm_k(theta, inputs_embeds=hidden, attention_mask=x["attention_mask"]), full,
+                               rtol=1e-4, atol=1e-5)
+
+
 def test_adapter_space_passes_through_the_fine_tuned_update(tiny_peft):
     """ProjectedSpace(around=θ̂): the identity cores reproduce θ̂'s model exactly, a core R gives
     s·UΣRVᵀ with UΣVᵀ the SVD of θ̂'s own B̂Â, and an untrained (B = 0) adapter is refused."""
