@@ -6,7 +6,8 @@ fixed before looking: the lowest dev NLL of the MAP. `configs/sst2_lora_xs.toml`
 with it. The LoRA anchors are those of `--run` (a run of configs/default.toml; trained there if
 missing).
 
-    python benchmarks/lora_xs_dev.py --ranks 16,25,32,64,128 --lrs 1e-3,2e-3,5e-3 --epochs 2,4
+    python benchmarks/lora_xs_dev.py            # the grid searched: k 16…128 × lr 1e-3…5e-3 × 2/4 epochs
+    python benchmarks/lora_xs_dev.py --ranks 128 --lrs 2e-3 --epochs 2   # the methods at the choice
 
 Then, at the chosen MAP, the Laplace and SWAG over its cores, SWAG for several snapshot counts K
 (the covariance's rank) with the share of the SWAG trajectory's variance in its top directions.
@@ -28,9 +29,9 @@ from bayes_lora.inference.swag import SwagPosterior
 ap = argparse.ArgumentParser()
 ap.add_argument("--config", default="configs/default.toml")
 ap.add_argument("--run", default="runs/default", help="a run of the config whose anchors are the LoRA reference")
-ap.add_argument("--ranks", default="8,16,25,32,64")
-ap.add_argument("--lrs", default="2e-3,5e-3,1e-2,2e-2")
-ap.add_argument("--epochs", default="", help="epochs of the cores' fine-tune, comma-separated ('' = the anchors')")
+ap.add_argument("--ranks", default="16,25,32,64,128")
+ap.add_argument("--lrs", default="1e-3,2e-3,5e-3")
+ap.add_argument("--epochs", default="2,4", help="epochs of the cores' fine-tune, comma-separated ('' = the anchors')")
 ap.add_argument("--methods", default="swag,laplace", help="fitted around the chosen MAP ('' = none)")
 ap.add_argument("--swag-snapshots", default="2,4,8,16,32", help="SWAG's K (covariance rank K - 1) at the chosen MAP")
 ap.add_argument("--data-dir", default="../shared/data")
@@ -77,8 +78,9 @@ if "swag" in methods:
     # B-LoRA-XS's second finding, low-rank weight covariances: the SWAG covariance's rank K − 1 (K
     # snapshots) against dev NLL, and how few eigen-directions hold the variance of the trajectory
     # (the low-rank part D Dᵀ/(K − 1) alone, without SWAG's diagonal half)
-    for snapshots in [int(x) for x in args.swag_snapshots.split(",")]:
-        for cov in ("swag", "diag") if snapshots == max(int(x) for x in args.swag_snapshots.split(",")) else ("swag",):
+    counts = [int(x) for x in args.swag_snapshots.split(",")]
+    for snapshots in counts:
+        for cov in ("swag", "diag") if snapshots == max(counts) else ("swag",):
             post = fit("swag", ctx, space="projected", snapshots=snapshots, collect_every=10, covariance=cov,
                        scale="dev")
             extra = f"scale {post.scale:g}, fit {post.info.seconds:.0f} s"

@@ -515,7 +515,7 @@ class ExperimentConfig:
             if d[table].get(key) == default:
                 del d[table][key]
         for table in self.LATER_TABLES:
-            if d[table] == ExperimentConfig().to_dict()[table]:
+            if getattr(self, table) == self.TABLES[table]():
                 del d[table]
         for name in without:
             table, key = name.split(".")

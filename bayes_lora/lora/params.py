@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -121,9 +122,9 @@ class ParamLayout:
         [rank, in], ``lora_B`` [out, r] → [out, rank]; the other tensors (a head) unchanged.
         The layout of a rank-``rank`` θ that the same peft modules evaluate
         (:meth:`FunctionalModel.with_layout`): a LoRA layer computes B(A(x)) whatever their rank."""
+        if isinstance(rank, bool) or not isinstance(rank, numbers.Integral) or rank < 1:
+            raise ValueError(f"a LoRA rank must be a positive integer, got {rank!r}")
         rank = int(rank)
-        if rank < 1:
-            raise ValueError(f"a LoRA rank must be ≥ 1, got {rank}")
         if not any(is_lora_factor(n) for n in self.names):
             raise ValueError("the layout has no LoRA factors (lora_A / lora_B) to change the rank of")
         shapes = []

@@ -271,8 +271,6 @@ class ProjectedSpace(ParameterSpace):
         if rank is not None:
             if around is not None:
                 raise ValueError("ProjectedSpace(around=θ̂) has the cores of θ̂'s update, r×r; it takes no rank")
-            if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
-                raise ValueError(f"ProjectedSpace: rank must be a positive integer, got {rank!r}")
             layout = layout.at_rank(rank)
         self.layout = layout
         self.include_other = include_other
